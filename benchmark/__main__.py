@@ -1,0 +1,3 @@
+from benchmark.app import main
+
+main()

@@ -1,0 +1,185 @@
+"""The one device abstraction: everything CUDA-specific that the runner needs lives here.
+
+Timing, synchronization, peak-memory bookkeeping and autocast differ between CPU and CUDA.
+Keeping them behind :class:`Device` means the rest of the code has no ``if cuda`` branches and
+the logic is testable on a CPU-only machine (the CUDA branches are thin and marked in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise ``torch.device(spec)``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def cpu_model_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform's best guess."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class Device:
+    """A torch device plus the operations whose implementation depends on its type."""
+
+    torch_device: torch.device
+
+    @classmethod
+    def from_spec(cls, spec: str = "auto") -> Device:
+        return cls(resolve_device(spec))
+
+    @property
+    def type(self) -> str:
+        return self.torch_device.type
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.type == "cuda"
+
+    @property
+    def name(self) -> str:
+        if self.is_cuda:
+            return torch.cuda.get_device_name(self.torch_device)
+        return cpu_model_name()
+
+    def synchronize(self) -> None:
+        """Wait for queued kernels; a no-op on CPU where ops run synchronously."""
+        if self.is_cuda:
+            torch.cuda.synchronize(self.torch_device)
+
+    @contextlib.contextmanager
+    def timer(self) -> Iterator[list[float]]:
+        """Time a block in milliseconds; the value is appended to the yielded list on exit.
+
+        CUDA: events recorded on the current stream around the block, then synchronized,
+        so the time is device time of the enqueued work. CPU: ``time.perf_counter``.
+        """
+        out: list[float] = []
+        if self.is_cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield out
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            yield out
+            out.append((time.perf_counter() - t0) * 1e3)
+
+    def autocast(self, precision: str = "fp32") -> contextlib.AbstractContextManager:
+        """Autocast for ``fp16``/``bf16`` (CUDA; bf16 also on CPU), a null context for fp32."""
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        dtype = _PRECISIONS[precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        if dtype is torch.float16 and not self.is_cuda:
+            raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
+        return torch.autocast(device_type=self.type, dtype=dtype)
+
+    def reset_peak_memory(self) -> None:
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+
+    def peak_memory_mb(self) -> dict[str, float] | None:
+        """CUDA ``max_memory_allocated``/``reserved`` since the last reset, in MiB; None on CPU
+        (CPU peaks are measured as peak RSS of a fresh process by the measurement code)."""
+        if not self.is_cuda:
+            return None
+        mib = 2.0**20
+        return {
+            "allocated": torch.cuda.max_memory_allocated(self.torch_device) / mib,
+            "reserved": torch.cuda.max_memory_reserved(self.torch_device) / mib,
+        }
+
+    # -- what the measurement code records about the device ----------------------------------
+    @property
+    def cache_key(self) -> str:
+        """A file-name-safe key for per-machine caches (the roofline peak).
+
+        CPU peaks depend on the thread count, CUDA fp32 peaks on TF32, so both are in the key.
+        """
+        if self.is_cuda:
+            tf32 = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+            key = f"cuda-{self.name}-{tf32}"
+        else:
+            key = f"cpu-{self.name}-t{torch.get_num_threads()}"
+        return "".join(c if c.isalnum() or c in "-." else "_" for c in key)
+
+    def environment(self) -> dict[str, object]:
+        """Backend versions and math flags that change speed or numerics.
+
+        CUDA-only values (driver, GPU capability) are None on CPU; the build's CUDA/cuDNN
+        versions and the global flags are recorded on every device (they are process state).
+        """
+        cudnn = torch.backends.cudnn
+        env: dict[str, object] = {
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": cudnn.version() if cudnn.is_available() else None,
+            "cudnn_benchmark": bool(cudnn.benchmark),
+            "cudnn_deterministic": bool(cudnn.deterministic),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(cudnn.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "gpu_driver": None,
+            "gpu_capability": None,
+            "gpu_memory_mb": None,
+        }
+        if self.is_cuda:
+            props = torch.cuda.get_device_properties(self.torch_device)
+            env.update(
+                gpu_driver=_nvidia_driver_version(),
+                gpu_capability=f"{props.major}.{props.minor}",
+                gpu_memory_mb=props.total_memory / 2.0**20,
+            )
+        return env
+
+
+def _nvidia_driver_version() -> str | None:
+    """The NVIDIA driver version via NVML when installed, else ``nvidia-smi``; None if neither."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # not installed, or no driver: fall back to the CLI
+        pass
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (
+        out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    )

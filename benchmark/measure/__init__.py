@@ -1,0 +1,215 @@
+"""Measurement: the "speed" half of speed/accuracy. See docs/measurement.md for the protocol.
+
+:func:`measure` runs every enabled measurement on a built (and possibly trained) detector and
+returns flat result keys; each role lives in its own module:
+
+* :mod:`.latency` - per-image end-to-end and stage times, cold call, percentiles, throughput;
+* :mod:`.flops` - GMACs of ``predict`` with FlopCounterMode (+ RoIAlign formulas);
+* :mod:`.memory` - inference and training-step peaks (CUDA allocator / fresh-process RSS);
+* :mod:`.roofline` - the cached device peak and the fraction of it ``predict`` reaches;
+* :mod:`.environment` - device, libraries, threads, precision, flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from benchmark.device import Device
+from benchmark.measure.environment import environment
+from benchmark.measure.flops import count_predict, flop_keys
+from benchmark.measure.latency import load_images, measure_latency, measure_throughput
+from benchmark.measure.memory import KEYS as MEMORY_KEYS
+from benchmark.measure.memory import in_process_peak
+from benchmark.measure.memory_fresh import fresh_process_peaks
+from benchmark.measure.roofline import device_peaks, roofline_keys
+from benchmark.measure.settings import BenchSettings
+from benchmark.results import write_json_atomic
+
+__all__ = ["BenchSettings", "measure", "SAMPLES_FILE"]
+log = logging.getLogger(__name__)
+SAMPLES_FILE = "latency_samples.json"
+LATENCY_KEYS = (
+    "latency_ms",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "latency_ms_mean",
+    "latency_ms_std",
+    "latency_ms_min",
+    "cold_start_ms",
+    "preprocess_ms",
+    "predict_ms",
+    "postprocess_ms",
+    "timing_n",
+    "latency_batch_size",
+    "latency_warmup",
+    "latency_includes_postprocess",
+    "input_size",
+)
+
+
+def _weights_mb(model: nn.Module) -> float:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2.0**20
+
+
+def _train_settings(cfg, device: Device) -> tuple[int, str, Any]:
+    """Training batch size, precision and optimizer factory the way ``benchmark.train`` uses them."""
+    train = cfg.get("train") if cfg is not None else None
+    batch = int(train.batch_size) if train is not None else 2
+    amp = train is not None and bool(train.get("amp", False)) and device.is_cuda
+    precision = str(train.get("amp_dtype", "fp16")) if amp else "fp32"
+    if train is not None and train.get("optimizer") is not None:
+        from hydra.utils import instantiate
+
+        return batch, precision, lambda params: instantiate(train.optimizer, params=params)
+    from benchmark.measure.memory import default_optimizer
+
+    return batch, precision, default_optimizer
+
+
+def measure(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg_bench,
+    device: Device,
+    *,
+    image_size: tuple[int, int],
+    out_dir: str | Path | None = None,
+    cfg=None,
+) -> dict[str, Any]:
+    """Run the enabled measurements and return the flat result keys.
+
+    Args:
+        model: a :class:`~models.meta_arch.base.DetectionModel` on ``device``.
+        dataset: validation set yielding ``(image [3, H, W] in [0, 1], target)``, resized.
+        cfg_bench: the ``bench`` config node (or a dict, or None for the defaults).
+        device: where to measure.
+        image_size: ``(H, W)`` the job resizes to; the memory probes use it.
+        out_dir: the job folder; ``latency_samples.json`` is written there.
+        cfg: the whole job config: the fresh memory process rebuilds the model from it and
+            the training step uses ``train.batch_size``/``train.optimizer``. Without it the
+            CPU memory is measured in-process.
+
+    Returns:
+        Keys documented in docs/measurement.md. A measurement that raises leaves its keys
+        null and adds ``measure_errors[name]``, so one broken probe does not discard the
+        job's training and accuracy.
+    """
+    s = BenchSettings.from_cfg(cfg_bench)
+    if s.precision == "fp16" and not device.is_cuda:  # a config error: fail the job, say why
+        raise ValueError("bench.precision=fp16 needs CUDA (autocast); use fp32 or bf16 on CPU")
+    if s.num_threads:
+        torch.set_num_threads(int(s.num_threads))
+    model.to(device.torch_device).eval()
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)
+    out: dict[str, Any] = {
+        **dict.fromkeys(LATENCY_KEYS),
+        "throughput_ips": None,
+        "throughput_batch_size": None,
+        **flop_keys(None),
+        **roofline_keys(None, None, None),
+        **dict.fromkeys(MEMORY_KEYS),
+        "weights_mb": _weights_mb(model),
+        "flops_input_size": None,
+        "channels_last": s.channels_last,
+    }
+    # torchvision references ignore the configured extractor: record the backbone they run.
+    if getattr(model, "reference_name", None):
+        out.update(extractor=model.backbone_name, reference_model=model.reference_name)
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    samples: dict[str, Any] = {}
+
+    def attempt(name: str, fn) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        except Exception as e:  # recorded, not raised: see Returns
+            log.error("measurement %r failed:\n%s", name, traceback.format_exc())
+            errors[name] = f"{type(e).__name__}: {e}"
+            return None
+        finally:
+            seconds[name] = time.perf_counter() - t0
+
+    en = s.enabled
+    if en.latency and (r := attempt("latency", lambda: measure_latency(model, dataset, device, s))):
+        out.update(r[0])
+        samples.update(r[1])
+    if en.throughput and (
+        r := attempt("throughput", lambda: measure_throughput(model, dataset, device, s))
+    ):
+        out.update(r[0])
+        samples["throughput_batch_ms"] = r[1]
+    if en.flops:
+
+        def flops():
+            # One validation image, as preprocess pads it: the input predict is timed on.
+            x = model.preprocess(load_images(dataset, 1, device)).tensor
+            out["flops_input_size"] = list(x.shape[-2:])
+            return count_predict(model, x)
+
+        out.update(flop_keys(attempt("flops", flops)))
+    if en.roofline:
+        peaks = attempt(
+            "roofline",
+            lambda: device_peaks(
+                device, s.precision, s.roofline_seconds, s.roofline_refresh_seconds
+            ),
+        )
+        out.update(
+            roofline_keys(peaks, out["gmacs"], out["predict_ms"], out["latency_batch_size"] or 1)
+        )
+    if en.memory:
+        out.update(attempt("memory", lambda: _memory(model, device, s, cfg, image_size)) or {})
+    out.update(environment(device, s.precision))
+    out["measure_errors"] = errors
+    out["measure_seconds"] = seconds  # wall time of each measurement (budgeting sweeps)
+    if out_dir is not None and samples:
+        write_json_atomic(Path(out_dir) / SAMPLES_FILE, samples)
+    return out
+
+
+def _memory(model: nn.Module, device: Device, s: BenchSettings, cfg, image_size) -> dict[str, Any]:
+    """Inference peak at ``bench.batch_size`` and training-step peak at the training batch size."""
+    train_bs, train_precision, make_optimizer = _train_settings(cfg, device)
+    train_bs = s.train_batch_size or train_bs
+    probes = [("inference", s.batch_size)] + (
+        [("train", train_bs)] if s.enabled.train_memory else []
+    )
+    kw = {
+        "image_size": tuple(image_size),
+        "device": device,
+        "settings": s,
+        "train_precision": train_precision,
+    }
+    fresh = s.memory_fresh_process and not device.is_cuda and cfg is not None
+    if fresh:
+        peaks = fresh_process_peaks(model, cfg, probes=probes, **kw)
+    else:
+        peaks = [
+            in_process_peak(model, mode=m, batch_size=b, make_optimizer=make_optimizer, **kw)
+            for m, b in probes
+        ]
+    inf = peaks[0]
+    out = {
+        "peak_mem_mb": inf["peak_mb"],
+        "peak_mem_reserved_mb": inf["reserved_mb"],
+        "peak_mem_method": inf["method"],
+        "cold_start_fresh_process_ms": inf["value"] if fresh else None,
+    }
+    if len(peaks) > 1:
+        out.update(
+            train_peak_mem_mb=peaks[1]["peak_mb"],
+            train_peak_mem_reserved_mb=peaks[1]["reserved_mb"],
+            train_mem_batch_size=train_bs,
+        )
+    return out

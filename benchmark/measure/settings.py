@@ -1,0 +1,76 @@
+"""The measurement settings as a typed object, read from the ``bench`` config group.
+
+``sweeps/bench/default.yaml`` is the documented source of the values; the defaults here only
+matter when measurement code is called without Hydra (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Enabled:
+    """Which measurements run; a disabled one leaves its keys null."""
+
+    latency: bool = True
+    throughput: bool = True
+    flops: bool = True
+    memory: bool = True
+    train_memory: bool = True
+    roofline: bool = True
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """See ``sweeps/bench/default.yaml`` for what each field means."""
+
+    warmup: int = 5
+    num_images: int = 20
+    batch_size: int = 1
+    precision: str = "fp32"
+    channels_last: bool = False
+    num_threads: int | None = None
+    include_postprocess: bool = True
+    throughput_batch_size: int = 8
+    throughput_iters: int = 3
+    roofline_seconds: float = 0.5
+    roofline_refresh_seconds: float = 0.1
+    enabled: Enabled = field(default_factory=Enabled)
+    memory_fresh_process: bool = True
+    train_batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"bench.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.num_images < 1 or self.batch_size < 1 or self.warmup < 0:
+            raise ValueError(
+                "bench.num_images and bench.batch_size must be >= 1, bench.warmup >= 0"
+            )
+
+    @classmethod
+    def from_cfg(cls, node: Any | None) -> BenchSettings:
+        """From a ``bench`` DictConfig or plain dict (None gives the defaults).
+
+        Unknown keys raise, so a typo in an override does not silently measure the default.
+        """
+        if node is None:
+            return cls()
+        try:
+            from omegaconf import OmegaConf
+
+            if OmegaConf.is_config(node):
+                node = OmegaConf.to_container(node, resolve=True)
+        except ImportError:  # pragma: no cover - omegaconf comes with hydra
+            pass
+        data = dict(node)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown bench settings {sorted(unknown)}; known: {sorted(known)}")
+        if isinstance(data.get("enabled"), dict):
+            data["enabled"] = Enabled(**data["enabled"])
+        return cls(**data)

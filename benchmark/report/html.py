@@ -1,0 +1,220 @@
+"""``report.html``: one self-contained page (figures embedded as base64 PNG, inline CSS).
+
+It can be mailed or attached to a CI run and opened anywhere, offline: no scripts, no
+external files. Sections: status counts, the critical points, the figures, the frontiers,
+every configuration, failed and skipped jobs with their errors, the device and software, and
+the timing protocol the numbers follow.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.report.style import device_title
+
+CAPTIONS = {
+    "pareto_latency.png": "Accuracy vs time (Huang et al. Figure 2): marker = meta-architecture, "
+    "colour = feature extractor, dashed = Pareto frontier, circled = critical points (Table 3).",
+    "pareto_gmacs.png": "Accuracy vs multiply-adds: the frontier on a device-independent cost.",
+    "pareto_memory.png": "Accuracy vs peak inference memory.",
+    "fig03_top1.png": "Figure 3: detector accuracy vs the extractor's ImageNet top-1.",
+    "fig04_object_size.png": "Figure 4: accuracy stratified by object size.",
+    "fig05_resolution.png": "Figure 5: effect of image resolution.",
+    "fig06_proposals.png": "Figure 6: effect of the number of proposals (two-stage detectors).",
+    "fig07_latency_breakdown.png": "Figure 7: time per model, split into stages.",
+    "fig08_flops_vs_time.png": "Figure 8: multiply-adds vs time.",
+    "fig09_memory.png": "Figure 9: memory per model.",
+    "fig10_memory_vs_time.png": "Figure 10: memory vs time.",
+    "fig11_map_iou.png": "Figure 11: mAP@.5 and mAP@.75 vs mAP@[.5:.95].",
+}
+TABLE_COLUMNS = [
+    "label",
+    "neck",
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_large",
+    "latency_ms",
+    "latency_ms_p90",
+    "predict_ms",
+    "gmacs",
+    "peak_mem_mb",
+    "train_peak_mem_mb",
+    "params",
+    "num_anchors",
+    "train_iters",
+    "train_seconds",
+    "job",
+]
+ENVIRONMENT_COLUMNS = [
+    "device",
+    "device_name",
+    "cpu_model",
+    "cpu_count",
+    "num_threads",
+    "num_interop_threads",
+    "precision",
+    "torch_version",
+    "torchvision_version",
+    "timm_version",
+    "python_version",
+    "platform",
+    "hostname",
+    "git_sha",
+    "cuda_version",
+    "cudnn_version",
+    "gpu_driver",
+]
+PROTOCOL_COLUMNS = {
+    "latency_batch_size": "latency batch size",
+    "latency_warmup": "warm-up calls before timing",
+    "timing_n": "timed images per configuration",
+    "latency_includes_postprocess": "latency includes postprocess (decode + NMS)",
+    "throughput_batch_size": "throughput batch size",
+    "channels_last": "channels-last memory format",
+    "precision": "precision",
+    "peak_mem_method": "memory measurement",
+    "flops_num_proposals": "proposals when counting two-stage FLOPs",
+}
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.meta{color:#555}.counts span{display:inline-block;margin-right:1.2em;font-weight:600}
+.ok{color:#1a7f37}.skipped{color:#9a6700}.failed{color:#cf222e}
+figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#444;font-size:.92em;margin-top:.3em}
+table.tbl{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto}
+table.tbl th,table.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}
+table.tbl th{background:#f6f8fa}
+pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em;white-space:pre-wrap}
+"""
+
+
+def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    if df.empty:
+        return "<p><em>none</em></p>"
+    if columns is not None:
+        df = df[[c for c in columns if c in df and df[c].notna().any()]]
+    return df.to_html(
+        index=False,
+        border=0,
+        classes="tbl",
+        na_rep="–",
+        escape=True,
+        float_format=lambda v: f"{v:.4g}",
+    )
+
+
+def _figures(figures: dict[str, Path]) -> str:
+    parts = []
+    for name, path in figures.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        caption = html.escape(CAPTIONS.get(name, name))
+        parts.append(
+            f'<figure id="{html.escape(name)}"><img alt="{html.escape(name)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{caption} '
+            f"<code>{html.escape(name)}</code></figcaption></figure>"
+        )
+    return (
+        "\n".join(parts) or "<p><em>No figure: no job finished with accuracy and timing.</em></p>"
+    )
+
+
+def _problems(df: pd.DataFrame) -> str:
+    rows = df[df["status"] != "ok"]
+    if rows.empty:
+        return "<p>Every job finished ok.</p>"
+    parts = [_table(rows, ["status", "job", "meta_arch", "extractor", "error"])]
+    for _, row in rows[rows["status"] == "failed"].iterrows():
+        trace = Path(str(row.get("job_dir", ""))) / "traceback.txt"
+        if trace.is_file():
+            tail = "\n".join(trace.read_text(errors="replace").splitlines()[-40:])
+            parts.append(
+                f"<details><summary>traceback: {html.escape(str(row['job']))}</summary>"
+                f"<pre>{html.escape(tail)}</pre></details>"
+            )
+    return "\n".join(parts)
+
+
+def _unique_values(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """column -> its distinct values over the ok jobs (one line when the sweep agrees)."""
+    rows = df[df["status"] == "ok"] if (df["status"] == "ok").any() else df
+    items = []
+    for column in columns:
+        if column in rows and rows[column].notna().any():
+            values = sorted({str(v) for v in rows[column].dropna()})
+            items.append((column, ", ".join(values)))
+    return pd.DataFrame(items, columns=["key", "value"])
+
+
+def _protocol(df: pd.DataFrame) -> str:
+    values = _unique_values(df, PROTOCOL_COLUMNS)
+    values["key"] = values["key"].map(PROTOCOL_COLUMNS)
+    text = (
+        "<p>Latency: one image per call (batch 1), model in eval mode under "
+        "<code>torch.inference_mode()</code>, real validation images at the job's resolution, "
+        "warm-up calls first, then per-image wall-clock samples (CUDA events on GPU); the table "
+        "reports the median with p90/p99, and the stage split preprocess / predict / "
+        "postprocess. Multiply-adds (GMACs) are counted on <code>predict</code> with "
+        "<code>torch.utils.flop_counter.FlopCounterMode</code> (RoIAlign by formula). Memory: "
+        "CUDA allocator peak on GPU; on CPU the peak-RSS increase of a fresh process. "
+        "Accuracy: COCO mAP (pycocotools) on the validation split.</p>"
+    )
+    return text + _table(values)
+
+
+def render_html(
+    df: pd.DataFrame, frontier: pd.DataFrame, figures: dict[str, Path], *, title: str, source: str
+) -> str:
+    """The report page as a string.
+
+    Args:
+        df: the results table.
+        frontier: :func:`benchmark.report.pareto.frontier_table` of ``df``.
+        figures: PNG name -> path, embedded in this order.
+        title: page heading (the sweep name).
+        source: the sweep folder, shown for reference.
+    """
+    counts = df["status"].value_counts() if not df.empty else pd.Series(dtype=int)
+    count_html = "".join(
+        f'<span class="{s}">{int(counts.get(s, 0))} {s}</span>' for s in ("ok", "skipped", "failed")
+    )
+    critical = frontier[frontier["critical"] != ""] if not frontier.empty else frontier
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    device = html.escape(device_title(df[df["status"] == "ok"])) if not df.empty else "–"
+    body = f"""
+<h1>detbench: {html.escape(title)}</h1>
+<p class="meta">{len(df)} jobs in <code>{html.escape(source)}</code>, report written {now}.
+Device: {device}.</p>
+<p class="counts">{count_html}</p>
+<h2>Critical points of the frontiers</h2>
+<p>Fastest, sweet spot (elbow) and most accurate Pareto-optimal configurations per cost
+(Huang et al. 2017 Table 3).</p>
+{_table(critical, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
+<h2>Figures</h2>
+{_figures(figures)}
+<h2>Pareto frontiers</h2>
+{_table(frontier, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
+<h2>All configurations</h2>
+{_table(df[df["status"] == "ok"] if not df.empty else df, TABLE_COLUMNS)}
+<h2>Failed and skipped jobs</h2>
+{_problems(df) if not df.empty else "<p><em>no jobs</em></p>"}
+<h2>Device and software</h2>
+{_table(_unique_values(df, ENVIRONMENT_COLUMNS)) if not df.empty else ""}
+<h2>Timing protocol</h2>
+{_protocol(df) if not df.empty else ""}
+<h2>Files</h2>
+<p><code>results.csv</code> (one row per job; columns in <code>results/README.md</code>),
+<code>frontier.csv</code>, the PNG figures, and each job's <code>result.json</code>.</p>
+"""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>detbench: {html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )

@@ -1,0 +1,234 @@
+"""A plain training loop: optimizer and schedule from config, warm-up, clipping, AMP on CUDA,
+checkpoint save/resume, a progress bar with the losses, and a hard stop on NaN/inf losses."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from benchmark.device import Device
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run stops instead of training on garbage."""
+
+
+@dataclass
+class TrainResult:
+    """What the job records about training.
+
+    Attributes:
+        iters: iterations done in total (including those before a resume).
+        seconds: wall time of this process's training (data loading included).
+        final_loss: mean total loss over the last ``log_every`` iterations.
+        images_per_second: training throughput of this process.
+        history: ``[{"iter", "lr", "loss", <loss terms>}]`` every ``log_every`` iterations.
+    """
+
+    iters: int
+    seconds: float
+    final_loss: float | None
+    images_per_second: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_factor(
+    it: int,
+    *,
+    max_iters: int,
+    warmup_iters: int,
+    warmup_factor: float,
+    schedule: str,
+    steps: tuple[float, ...] = (0.67, 0.89),
+    gamma: float = 0.1,
+) -> float:
+    """Learning-rate multiplier at iteration ``it``: linear warm-up, then the schedule.
+
+    Args:
+        schedule: ``constant``, ``cosine`` (to 0 at ``max_iters``) or ``step`` (times
+            ``gamma`` at each fraction of ``max_iters`` in ``steps``, the paper's 10x drops).
+    """
+    if it < warmup_iters:
+        alpha = it / max(1, warmup_iters)
+        return warmup_factor * (1 - alpha) + alpha
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (it - warmup_iters) / max(1, max_iters - warmup_iters)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        return gamma ** sum(it >= s * max_iters for s in steps)
+    raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine or step")
+
+
+def _batches(loader: DataLoader) -> Iterator:
+    """Endless iteration over ``loader``; a DistributedSampler gets its epoch set."""
+    epoch = 0
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def to_device(images, targets, device: torch.device):
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+        for t in targets
+    ]
+    return images, targets
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, it: int) -> None:
+    """Save to a temp name then rename, so an interrupted save keeps the previous checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "iter": it,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a checkpoint as data only (``weights_only=True``): a checkpoint is not trusted code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt file, pickle with code, wrong format
+        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    cfg,
+    device: Device,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` for ``cfg.max_iters`` iterations.
+
+    Args:
+        model: a detector in torchvision convention: ``model(images, targets)`` returns a
+            dict of scalar losses in training mode.
+        loader: yields ``(list of [3, H, W] images, list of target dicts)``.
+        cfg: the ``train`` config node (see ``sweeps/train/default.yaml``).
+        device: where to train.
+        out_dir: the job folder; ``checkpoint.pt`` is written there.
+
+    Raises:
+        TrainingDiverged: on a NaN or infinite loss.
+    """
+    model.to(device.torch_device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.optimizer, params=params)
+    max_iters = int(cfg.max_iters)
+
+    def factor(it: int) -> float:
+        return lr_factor(
+            it,
+            max_iters=max_iters,
+            warmup_iters=int(cfg.warmup_iters),
+            warmup_factor=float(cfg.warmup_factor),
+            schedule=str(cfg.schedule),
+        )
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    start = 0
+    if cfg.get("resume", True) and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device.torch_device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["iter"])
+        log.info("resumed from %s at iteration %d", ckpt_path, start)
+
+    use_amp = bool(cfg.get("amp", False)) and device.is_cuda
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    clip = float(cfg.get("grad_clip") or 0.0)
+    log_every = max(1, int(cfg.get("log_every", 10)))
+    ckpt_every = int(cfg.get("checkpoint_every") or 0)
+
+    history: list[dict] = []
+    window: list[float] = []
+    images_seen = 0
+    t0 = time.perf_counter()
+    batches = _batches(loader)
+    bar = tqdm(
+        total=max_iters,
+        initial=start,
+        desc="train",
+        unit="it",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    it = start
+    while it < max_iters:
+        images, targets = to_device(*next(batches), device.torch_device)
+        with device.autocast(str(cfg.get("amp_dtype", "fp16")) if use_amp else "fp32"):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = {k: float(v) for k, v in losses.items()}
+            raise TrainingDiverged(
+                f"loss became {float(loss)} at iteration {it} ({terms}); "
+                "lower train.optimizer.lr or raise train.warmup_iters"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        it += 1
+        images_seen += len(images)
+        window.append(float(loss.detach()))
+        if it % log_every == 0 or it == max_iters:
+            entry = {
+                "iter": it,
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": sum(window) / len(window),
+                **{k: float(v) for k, v in losses.items()},
+            }
+            history.append(entry)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k.startswith("loss")})
+            window = []
+        if ckpt_every and it % ckpt_every == 0:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, it)
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if it > start:
+        save_checkpoint(ckpt_path, model, optimizer, scheduler, it)
+    final = history[-1]["loss"] if history else None
+    return TrainResult(
+        iters=it,
+        seconds=seconds,
+        final_loss=final,
+        images_per_second=images_seen / seconds if seconds > 0 and images_seen else None,
+        history=history,
+    )

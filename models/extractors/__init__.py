@@ -1,0 +1,25 @@
+"""Feature extractors: the contract (``base``), a timm adapter and SSD's reduced VGG-16."""
+
+from models.extractors.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FeatureExtractor,
+    FeatureInfo,
+    LastStage,
+)
+from models.extractors.sequential import SequentialExtractor
+from models.extractors.timm_extractor import TimmExtractor
+from models.extractors.vgg16_reduced import L2Norm, VGG16Reduced, VGGBoxHead
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FeatureExtractor",
+    "FeatureInfo",
+    "L2Norm",
+    "LastStage",
+    "SequentialExtractor",
+    "TimmExtractor",
+    "VGG16Reduced",
+    "VGGBoxHead",
+]

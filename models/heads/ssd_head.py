@@ -1,0 +1,66 @@
+"""SSD prediction heads: a 3x3 convolution per feature map for class scores and box offsets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class SSDHead(nn.Module):
+    """Per-level convolutional predictors, flattened into one anchor axis.
+
+    Args:
+        in_channels: channels of each input map, shallow to deep.
+        anchors_per_location: default boxes per location for each map.
+        num_outputs: scores per anchor (``num_classes + 1`` with background at index 0 for
+            softmax SSD; 2 for RefineDet's binary ARM).
+        kernel_size: 3 as in Liu et al.; 1 gives the "box predictor" of some TF configs.
+
+    Shapes:
+        forward: list of ``[B, C_k, H_k, W_k]`` -> ``(scores [B, A, num_outputs], deltas [B, A, 4])``
+        with ``A = sum_k H_k * W_k * anchors_per_location[k]`` in (level, y, x, anchor) order,
+        the order of :func:`models.anchors.ssd_default_boxes`.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        anchors_per_location: Sequence[int],
+        num_outputs: int,
+        *,
+        kernel_size: int = 3,
+    ):
+        super().__init__()
+        if len(in_channels) != len(anchors_per_location):
+            raise ValueError(
+                f"{len(in_channels)} feature maps but {len(anchors_per_location)} anchor layouts"
+            )
+        pad = kernel_size // 2
+        self.num_outputs = num_outputs
+        self.cls = nn.ModuleList(
+            nn.Conv2d(c, a * num_outputs, kernel_size, padding=pad)
+            for c, a in zip(in_channels, anchors_per_location, strict=True)
+        )
+        self.box = nn.ModuleList(
+            nn.Conv2d(c, a * 4, kernel_size, padding=pad)
+            for c, a in zip(in_channels, anchors_per_location, strict=True)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, maps: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        scores, deltas = [], []
+        for x, cls, box in zip(maps, self.cls, self.box, strict=True):
+            scores.append(_flatten(cls(x), self.num_outputs))
+            deltas.append(_flatten(box(x), 4))
+        return torch.cat(scores, dim=1), torch.cat(deltas, dim=1)
+
+
+def _flatten(x: Tensor, k: int) -> Tensor:
+    """``[B, A_loc * k, H, W]`` -> ``[B, H * W * A_loc, k]`` in (y, x, anchor) order."""
+    b = x.shape[0]
+    return x.permute(0, 2, 3, 1).reshape(b, -1, k)

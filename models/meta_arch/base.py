@@ -1,0 +1,143 @@
+"""The one base class every detector subclasses.
+
+A detector runs in four steps, each overridable on its own:
+
+1. :meth:`DetectionModel.preprocess` - normalize with the extractor's mean/std and pad a list
+   of images into one batch. It never resizes: resizing belongs to the data pipeline.
+2. :meth:`DetectionModel.predict` - pure tensors in, a dict of tensors out. This is the
+   "network" part that FLOPs are counted on and that is timed as ``predict``.
+3. :meth:`DetectionModel.postprocess` - decode boxes, score threshold, NMS, top-k.
+4. :meth:`DetectionModel.loss` - training losses from ``predict``'s outputs and targets.
+
+``forward`` keeps torchvision's convention so torchvision's own detectors and ours run
+through the same harness: a list of ``[3, H, W]`` float images in [0, 1] (plus targets in
+training) gives a loss dict in training mode and a list of detections in eval mode.
+
+Box format everywhere: ``xyxy`` in absolute pixels of the (resized) input image.
+Labels: ``0 .. num_classes - 1``; ``num_classes`` excludes background. Heads that need a
+background class add it internally at index 0 and shift back in ``postprocess``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.extractors.base import FeatureExtractor
+
+Target = dict[str, Tensor]  # {"boxes": [N, 4] xyxy float, "labels": [N] int64}
+Detections = dict[str, Tensor]  # {"boxes": [D, 4] xyxy, "labels": [D] int64, "scores": [D]}
+
+
+class ImageBatch(NamedTuple):
+    """A padded, normalized batch.
+
+    Attributes:
+        tensor: ``[B, 3, H, W]`` normalized images, zero-padded at the bottom/right.
+        image_sizes: per image ``(height, width)`` before padding.
+    """
+
+    tensor: Tensor
+    image_sizes: list[tuple[int, int]]
+
+
+class DetectionModel(nn.Module):
+    """Base detector.
+
+    Attributes:
+        resize_mode: how the data pipeline must resize for this family: ``"square"``
+            (fixed M x M, the single-shot family) or ``"shorter_side"`` (shorter side M,
+            longer side capped, the two-stage family; Huang et al. 2017 section 3.3).
+        size_divisible: batches are padded to a multiple of this (the extractor's stride).
+    """
+
+    resize_mode: ClassVar[str] = "square"
+
+    def __init__(self, *, extractor: FeatureExtractor, num_classes: int, size_divisible: int = 1):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (background excluded), got {num_classes}")
+        self.extractor = extractor
+        self.num_classes = num_classes
+        self.size_divisible = size_divisible
+        self.register_buffer(
+            "pixel_mean", torch.tensor(extractor.mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(extractor.std).view(1, 3, 1, 1), persistent=False
+        )
+
+    # -- step 1 -------------------------------------------------------------------------
+    def preprocess(self, images: list[Tensor] | Tensor) -> ImageBatch:
+        """Normalize and pad images into one batch.
+
+        Args:
+            images: list of ``[3, H_i, W_i]`` float images in [0, 1], or a ``[B, 3, H, W]`` tensor.
+
+        Returns:
+            ImageBatch with ``tensor`` ``[B, 3, H_max', W_max']`` (padded to
+            ``size_divisible``) and the unpadded sizes.
+        """
+        if isinstance(images, Tensor) and images.dim() == 4:
+            sizes = [tuple(images.shape[-2:])] * images.shape[0]
+            batch = (images - self.pixel_mean) / self.pixel_std
+            return ImageBatch(self._pad_to_divisible(batch), sizes)
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        if len(set(sizes)) == 1:
+            batch = torch.stack(list(images))
+        else:
+            h = max(s[0] for s in sizes)
+            w = max(s[1] for s in sizes)
+            batch = images[0].new_zeros((len(images), 3, h, w))
+            for i, im in enumerate(images):
+                batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
+        # Padding is zero *after* normalization, i.e. the mean colour, as in torchvision.
+        batch = (batch - self.pixel_mean) / self.pixel_std
+        if len(set(sizes)) != 1:
+            for i, (h_i, w_i) in enumerate(sizes):
+                batch[i, :, h_i:, :] = 0
+                batch[i, :, :, w_i:] = 0
+        return ImageBatch(self._pad_to_divisible(batch), sizes)
+
+    def _pad_to_divisible(self, batch: Tensor) -> Tensor:
+        d = self.size_divisible
+        if d <= 1:
+            return batch
+        h, w = batch.shape[-2:]
+        ph, pw = (-h) % d, (-w) % d
+        return F.pad(batch, (0, pw, 0, ph)) if ph or pw else batch
+
+    # -- steps 2-4, per family ------------------------------------------------------------
+    def predict(self, images: Tensor, targets: list[Target] | None = None) -> dict[str, Tensor]:
+        """Run the network. Args: images ``[B, 3, H, W]`` normalized. ``targets`` only for
+        families whose second stage samples RoIs against ground truth during training."""
+        raise NotImplementedError
+
+    def postprocess(
+        self, outputs: dict[str, Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[Detections]:
+        raise NotImplementedError
+
+    def loss(
+        self, outputs: dict[str, Tensor], targets: list[Target], image_sizes: list[tuple[int, int]]
+    ) -> dict[str, Tensor]:
+        """Returns named scalar losses; training minimizes their sum."""
+        raise NotImplementedError
+
+    def num_anchors(self, image_size: tuple[int, int]) -> int:
+        """Anchors (default boxes) per image at ``(height, width)``: the "#Boxes" of the papers."""
+        raise NotImplementedError
+
+    # -- torchvision-style entry point ------------------------------------------------------
+    def forward(self, images: list[Tensor] | Tensor, targets: list[Target] | None = None):
+        batch = self.preprocess(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            outputs = self.predict(batch.tensor, targets)
+            return self.loss(outputs, targets, batch.image_sizes)
+        outputs = self.predict(batch.tensor)
+        return self.postprocess(outputs, batch.image_sizes)

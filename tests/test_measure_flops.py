@@ -1,0 +1,89 @@
+"""FLOPs: torchvision's published ``_ops`` reproduced, RoI formulas, per-proposal cost, gaps reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from measure_toys import ToyRoIModel, one_thread  # noqa: F401 (fixture)
+from torch import nn
+from torchvision.models.detection import (
+    SSD300_VGG16_Weights,
+    SSDLite320_MobileNet_V3_Large_Weights,
+    ssd300_vgg16,
+    ssdlite320_mobilenet_v3_large,
+)
+
+from benchmark.measure.flops import count_forward, count_predict, roi_align_macs
+from models.meta_arch.torchvision_ref import TorchvisionDetector
+
+
+@pytest.mark.parametrize(
+    ("builder", "weights", "size"),
+    [
+        (ssd300_vgg16, SSD300_VGG16_Weights.COCO_V1, 300),
+        (ssdlite320_mobilenet_v3_large, SSDLite320_MobileNet_V3_Large_Weights.COCO_V1, 320),
+    ],
+)
+def test_torchvision_ops_reproduced(builder, weights, size):
+    """torchvision's convention: multiply-adds of one random image at the native size."""
+    torch.manual_seed(0)
+    model = builder(weights=None, weights_backbone=None)
+    report = count_forward(model, [torch.rand(3, size, size)])
+    assert report.gmacs == pytest.approx(weights.meta["_ops"], rel=0.005)
+    assert report.uncounted_ops == []
+
+
+def test_wrapper_predict_matches_ssdlite_ops():
+    """Our count is on ``predict`` of the wrapped model: for SSDLite that is the whole network."""
+    model = TorchvisionDetector(
+        name="ssdlite320_mobilenet_v3_large", num_classes=90, image_size=320
+    )
+    x = model.preprocess([torch.rand(3, 320, 320)]).tensor
+    report = count_predict(model, x)
+    assert report.gmacs == pytest.approx(
+        SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["_ops"], rel=0.005
+    )
+    assert report.num_proposals is None
+
+
+def test_roi_align_formula():
+    """RoIAlign: C * ph * pw * (sampling points) * 4 bilinear multiply-adds per RoI."""
+    x = torch.rand(1, 16, 32, 32)
+    rois = torch.tensor([[0, 0, 0, 10, 10], [0, 2, 2, 20, 30.0]])
+    assert roi_align_macs(x.shape, rois, 1.0, 7, 7, 2) == 2 * 16 * 49 * 4 * 4
+    # Adaptive grid (sampling_ratio <= 0): ceil(10/7)^2 = 4 and ceil(28/7) * ceil(18/7) = 12 points.
+    assert roi_align_macs(x.shape, rois, 1.0, 7, 7, 0, aligned=True) == 16 * 49 * 16 * 4
+    from benchmark.measure.flops import _count
+
+    counted = _count(lambda: torchvision.ops.roi_align(x, rois, (7, 7), 1.0, 2))
+    assert counted.by_op == {"torchvision.roi_align": pytest.approx(2 * 16 * 49 * 4 * 4 / 1e9)}
+    ps = _count(
+        lambda: torchvision.ops.ps_roi_align(torch.rand(1, 49 * 4, 32, 32), rois, (7, 7), 1.0, 2)
+    )
+    assert ps.gmacs == pytest.approx(2 * 4 * 49 * 4 * 4 / 1e9)
+
+
+@pytest.mark.parametrize("n", [8, 32])
+def test_per_proposal_cost_is_counted(n):
+    """At a fixed number of proposals (the two-stage hook) GMACs grow by exactly the RoIAlign
+    and box-head cost of each extra RoI."""
+    torch.manual_seed(0)
+    small, large = ToyRoIModel(num_proposals=n), ToyRoIModel(num_proposals=2 * n)
+    large.load_state_dict(small.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    a, b = count_predict(small, x), count_predict(large, x)
+    assert (a.num_proposals, b.num_proposals) == (n, 2 * n)
+    c, hidden = 8, 16
+    per_roi = c * 49 * (2 * 2) * 4 + c * 49 * hidden  # RoIAlign (S=2) + FC head
+    assert (b.gmacs - a.gmacs) * 1e9 == pytest.approx(n * per_roi)
+    assert b.by_op["torchvision.roi_align"] == pytest.approx(2 * a.by_op["torchvision.roi_align"])
+
+
+def test_uncounted_contractions_are_listed():
+    class Pooled(nn.Module):
+        def predict(self, x):
+            return {"p": torchvision.ops.roi_pool(x, [torch.tensor([[0.0, 0, 8, 8]])], 2)}
+
+    report = count_predict(Pooled(), torch.rand(1, 4, 16, 16))
+    assert report.uncounted_ops == ["torchvision.roi_pool"] and report.gmacs == 0

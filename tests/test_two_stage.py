@@ -1,0 +1,274 @@
+"""Faster R-CNN and R-FCN: training steps over two extractor families, eval schema, the
+FLOP hook (Figure 6 of Huang et al.), output stride, heads, OHEM, configs, skipped builds."""
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from benchmark.measure.flops import count_predict
+from models.errors import IncompatibleConfigError
+from models.extractors.base import FeatureExtractor, FeatureInfo, LastStage
+from models.extractors.sequential import SequentialExtractor
+from models.extractors.timm_extractor import TimmExtractor
+from models.heads.box_classifier import BoxClassifier
+from models.heads.rfcn import PSRoIHead
+from models.meta_arch.two_stage import RFCN, FasterRCNN
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps" / "meta_arch"
+SMALL = {"image_size": 96, "num_proposals": 20, "num_proposals_train": 30, "rpn_pre_nms_topk": 200}
+
+
+class ToyExtractor(FeatureExtractor):
+    """A 16x16 patchify conv as ``c4`` and a strided conv stage: builds in milliseconds."""
+
+    def __init__(self, with_c4: bool = True, splittable: bool = True):
+        super().__init__()
+        self.c4 = nn.Conv2d(3, 8, 16, 16)
+        self.c5 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+        self.splittable = splittable
+        self.feature_info = [
+            FeatureInfo("c4" if with_c4 else "c3", 8, 16),
+            FeatureInfo("c5", 16, 32),
+        ]
+
+    def forward(self, x):
+        c4 = self.c4(x)
+        return {self.feature_info[0].name: c4, "c5": self.c5(c4)}
+
+    def split_last_stage(self):
+        if not self.splittable:
+            return super().split_last_stage()
+        trunk = SequentialExtractor(
+            [("c4", self.c4)], {"c4": self.feature_info[0]}, mean=self.mean, std=self.std
+        )
+        return LastStage(trunk=trunk, stage=self.c5, out_channels=16, crop_size=17)
+
+
+def _targets():
+    return [
+        {
+            "boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 20.0, 90.0, 50.0]]),
+            "labels": torch.tensor([0, 2]),
+        },
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ]
+
+
+def _build(arch, model_name, **kw):
+    torch.manual_seed(0)
+    if arch is RFCN:
+        extractor = TimmExtractor(model_name=model_name, output_stride=16)
+        return RFCN(extractor=extractor, num_classes=3, **SMALL, **kw)
+    return FasterRCNN(
+        extractor=TimmExtractor(model_name=model_name),
+        num_classes=3,
+        box_batch_size=16,
+        **SMALL,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module", params=[FasterRCNN, RFCN], ids=["faster_rcnn", "rfcn"])
+def resnet_model(request):
+    return _build(request.param, "resnet18")
+
+
+@pytest.mark.parametrize("arch", [FasterRCNN, RFCN], ids=["faster_rcnn", "rfcn"])
+def test_training_step_mobilenet(arch):
+    _check_training_step(_build(arch, "mobilenetv3_small_100"))
+
+
+def test_training_step_resnet(resnet_model):
+    _check_training_step(resnet_model)
+
+
+def _check_training_step(model):
+    model.train()
+    images = [torch.rand(3, 96, 96), torch.rand(3, 80, 96)]  # padded batch
+    losses = model(images, _targets())
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
+    total = sum(losses.values())
+    assert torch.isfinite(total) and all(float(v.detach()) > 0 for v in losses.values())
+    total.backward()
+    for module in (model.rpn, model.box_head):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.extractor.parameters())
+    model.zero_grad()
+
+
+def test_eval_output_schema(resnet_model):
+    model = resnet_model.eval()
+    sizes = [(96, 96), (64, 80)]
+    with torch.inference_mode():
+        outputs = model.predict(model.preprocess([torch.rand(3, *s) for s in sizes]).tensor)
+        dets = model.postprocess(outputs, sizes)
+    assert outputs["rois"].shape[1] == 5 and len(outputs["rois"]) <= 2 * model.num_proposals
+    assert outputs["cls_logits"].shape == (len(outputs["rois"]), 4)
+    assert len(dets) == 2
+    for d, (h, w) in zip(dets, sizes, strict=True):
+        assert set(d) == {"boxes", "scores", "labels"}
+        assert (
+            d["boxes"].shape == (len(d["scores"]), 4) and len(d["scores"]) <= model.max_detections
+        )
+        assert d["labels"].dtype == torch.int64
+        if len(d["labels"]):
+            assert d["labels"].min() >= 0 and d["labels"].max() < 3
+            assert (d["boxes"][:, 0::2] <= w).all() and (d["boxes"][:, 1::2] <= h).all()
+            assert (d["boxes"] >= 0).all() and (d["scores"][:-1] >= d["scores"][1:]).all()
+
+
+def test_anchor_count_and_sizes(resnet_model):
+    model = resnet_model
+    assert model.anchors_per_location == 12
+    assert model.num_anchors((96, 96)) == 6 * 6 * 12
+    out = model.eval().predict(model.preprocess(torch.rand(1, 3, 96, 96)).tensor)
+    assert out["anchors"].shape == (model.num_anchors((96, 96)), 4)
+    # Base size 256 * 96 / 600: the smallest anchor suits a 96 px image.
+    assert model.anchor_sizes[0] == pytest.approx(0.25 * 256 * 96 / 600)
+
+
+def test_fixed_proposal_mode_runs_exactly_num_proposals(resnet_model):
+    model = resnet_model.eval()
+    x = model.preprocess(torch.rand(2, 3, 96, 96)).tensor
+    with torch.inference_mode(), model.flop_count_mode():
+        assert model.fixed_proposals
+        out = model.predict(x)
+    assert not model.fixed_proposals
+    assert out["rois"].shape == (2 * model.num_proposals, 5)
+
+
+def _gmacs(model, num_proposals, size=96):
+    model.num_proposals = num_proposals
+    report = count_predict(model, model.preprocess(torch.rand(1, 3, size, size)).tensor)
+    assert report.num_proposals == num_proposals and report.uncounted_ops == []
+    return report.gmacs
+
+
+def test_flops_grow_linearly_with_proposals_for_faster_rcnn_only():
+    """Huang et al. Figure 6: Faster R-CNN's cost is per RoI, R-FCN's is per image."""
+    frcnn = _build(FasterRCNN, "resnet18")
+    g10, g150, g300 = (_gmacs(frcnn, n) for n in (10, 150, 300))
+    assert g300 > 5 * g10
+    assert (g300 - g150) / (g150 - g10) == pytest.approx(150 / 140, rel=0.02)  # linear in N
+    rfcn = _build(RFCN, "resnet18")
+    r10, r300 = _gmacs(rfcn, 10), _gmacs(rfcn, 300)
+    assert r10 <= r300 < 1.01 * r10
+
+
+@pytest.mark.parametrize("arch", [FasterRCNN, RFCN], ids=["faster_rcnn", "rfcn"])
+def test_output_stride_8_map_and_cost(arch):
+    models = {}
+    for stride in (16, 8):
+        torch.manual_seed(0)
+        models[stride] = arch(
+            extractor=TimmExtractor(model_name="resnet18", output_stride=stride),
+            num_classes=3,
+            **{**SMALL, "num_proposals": 10},
+        )
+    m8 = models[8]
+    assert m8.rpn_info.stride == 8 and m8.crop_info.stride == 8 and m8.size_divisible == 8
+    out = m8.eval().predict(m8.preprocess(torch.rand(1, 3, 96, 96)).tensor)
+    assert out["rpn_logits"].shape[1] == 12 * 12 * 12  # 96 / 8 = 12 cells per side
+    # Dilating conv4 quadruples the trunk's last stage and the RPN; the per-RoI part is equal.
+    assert _gmacs(m8, 10) > 1.15 * _gmacs(models[16], 10)
+
+
+def test_box_classifier_crop_size_from_extractor_and_shapes():
+    split = ToyExtractor().split_last_stage()
+    head = BoxClassifier(last_stage=split, in_channels=8, stride=16, num_classes=4)
+    assert head.crop_size == 17 and head.pool_kernel == 1  # Inception-style: no max-pool
+    head14 = BoxClassifier(last_stage=split, in_channels=8, stride=16, num_classes=4, crop_size=14)
+    assert head14.pool_kernel == 2
+    rois = torch.tensor([[0.0, 0, 0, 40, 40], [1.0, 8, 8, 60, 30], [1.0, 0, 0, 5, 5]])
+    cls, box = head14(torch.rand(2, 8, 6, 6), rois)
+    assert cls.shape == (3, 5) and box.shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("agnostic", [True, False])
+def test_ps_roi_head_shapes_and_voting(agnostic):
+    head = PSRoIHead(
+        in_channels=8,
+        stride=16,
+        num_classes=3,
+        bins=3,
+        reduce_channels=None,
+        class_agnostic_boxes=agnostic,
+    )
+    k2, outs = 9, 4 + 4 * (1 if agnostic else 3)
+    assert head.ps.out_channels == k2 * outs
+    rois = torch.tensor([[0.0, 0, 0, 40, 40], [1.0, 8, 8, 60, 30]])
+    cls, box = head(torch.rand(2, 8, 6, 6), rois)
+    assert cls.shape == (2, 4) and box.shape == (2, 1 if agnostic else 3, 4)
+    # Position sensitivity: bin (i, j) of output c reads channel c*k*k + i*k + j only, and
+    # the bins are averaged. With map channel value = its bin index, every vote is mean(0..8).
+    with torch.no_grad():
+        head.ps.weight.zero_()
+        head.ps.bias.copy_(torch.arange(k2 * outs) % k2)
+    cls, _ = head(torch.rand(2, 8, 6, 6), rois)
+    assert torch.allclose(cls, torch.full_like(cls, 4.0))
+
+
+def test_ohem_keeps_the_hardest_rois_per_image():
+    model = RFCN(extractor=ToyExtractor(), num_classes=2, ohem_rois=2, image_size=96)
+    # Five RoIs of image 0, three of image 1, all background; CE grows with the logit of class 1.
+    hard = torch.tensor([0.0, 3.0, 1.0, 4.0, 2.0, 5.0, 0.0, 1.0])
+    logits = torch.stack([torch.zeros(8), hard, torch.zeros(8)], dim=1)
+    outputs = {
+        "rois": torch.cat([torch.tensor([0.0] * 5 + [1.0] * 3)[:, None], torch.rand(8, 4)], 1),
+        "cls_logits": logits,
+        "box_deltas": torch.zeros(8, 1, 4),
+        "roi_labels": torch.zeros(8, dtype=torch.int64),
+        "roi_box_targets": torch.zeros(8, 4),
+    }
+    ce = torch.nn.functional.cross_entropy(
+        logits, torch.zeros(8, dtype=torch.int64), reduction="none"
+    )
+    loss_cls, loss_box = model.box_loss(outputs)
+    expected = (ce[3] + ce[1] + ce[5] + ce[7]) / 4  # top 2 of each image
+    assert float(loss_cls) == pytest.approx(float(expected)) and float(loss_box) == 0.0
+    model.ohem_rois = None
+    assert float(model.box_loss(outputs)[0]) == pytest.approx(float(ce.mean()))
+
+
+def test_toy_extractor_two_stage_end_to_end():
+    """Any splittable extractor works; crop size comes from the split (17 here)."""
+    for arch in (FasterRCNN, RFCN):
+        model = arch(extractor=ToyExtractor(), num_classes=3, image_size=96, num_proposals=5)
+        model.train()
+        losses = model([torch.rand(3, 96, 96)], _targets()[:1])
+        assert torch.isfinite(sum(losses.values()))
+        model.eval()
+        with torch.inference_mode():
+            assert len(model([torch.rand(3, 64, 96)])) == 1
+
+
+def test_incompatible_extractors_raise_at_build():
+    with pytest.raises(IncompatibleConfigError):
+        FasterRCNN(extractor=ToyExtractor(splittable=False), num_classes=2)
+    with pytest.raises(IncompatibleConfigError):
+        RFCN(extractor=ToyExtractor(with_c4=False), num_classes=2)
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn", "rfcn"])
+def test_sweep_config_builds(name):
+    cfg = OmegaConf.load(SWEEPS / f"{name}.yaml")
+    cfg.image_size = 96  # normally ${data.image_size}
+    model = instantiate(cfg, extractor=ToyExtractor(), num_classes=2)
+    assert type(model) is (FasterRCNN if name == "faster_rcnn" else RFCN)
+    assert model.resize_mode == "shorter_side" and model.num_proposals == 300
+    assert isinstance(model.box_head, BoxClassifier if name == "faster_rcnn" else PSRoIHead)
+
+
+def test_partial_head_factory_options():
+    model = FasterRCNN(
+        extractor=ToyExtractor(),
+        num_classes=2,
+        box_classifier=partial(BoxClassifier, crop_size=7, crop_pool_kernel=1),
+    )
+    assert model.box_head.crop_size == 7 and model.box_head.pool_kernel == 1
