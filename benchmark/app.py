@@ -7,6 +7,7 @@ and the report is written (``benchmark.report.callback.SweepReport`` counts them
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
@@ -19,15 +20,21 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.job import run_job
 
 log = logging.getLogger("detbench")
+MAX_DIR_NAME = 200  # bytes; most file systems allow 255
 
 
 def job_dir_name(override_dirname: str) -> str:
     """A folder name from the job's overrides: stable across re-runs, no timestamps.
 
     ``meta_arch=ssd,extractor=resnet18`` stays readable; path separators are replaced so an
-    override like ``data.root=/a/b`` does not create nested folders.
+    override like ``data.root=/a/b`` does not create nested folders. Names longer than
+    file systems allow (255 bytes) keep their first 180 characters plus a digest of the whole,
+    so they stay unique and stable.
     """
     name = re.sub(r"[/\\]+", "_", override_dirname).strip("_")
+    if len(name.encode()) > MAX_DIR_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name.encode()[:180].decode(errors='ignore')}...{digest}"
     return name or "default"
 
 

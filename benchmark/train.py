@@ -212,7 +212,7 @@ def train(
                 "iter": it,
                 "lr": optimizer.param_groups[0]["lr"],
                 "loss": sum(window) / len(window),
-                **{k: float(v) for k, v in losses.items()},
+                **{k: float(v.detach()) for k, v in losses.items()},
             }
             history.append(entry)
             bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k.startswith("loss")})

@@ -84,6 +84,7 @@ def _check_dssd(model, side):
     assert type(model) is DSSD and isinstance(model.top_down, DSSDDecoder)
     assert all(n == 8 for n in model.anchors_per_location)  # ratios 1.6, 2, 3 everywhere
     assert all(b.combine == "product" for b in model.top_down.blocks)
+    assert {f.channels for f in model.top_down.feature_info[:-1]} == {512}  # Figure 3
     assert model.head.variant == "c"
     assert [f.stride for f in model.extractor.feature_info] == [8, 16]  # conv5_x dilated
 
@@ -108,6 +109,7 @@ CHECKS = {"ssd": _check_ssd, "dssd": _check_dssd, "refinedet": _check_refinedet}
 NECKS = sorted(p.stem for p in (SWEEPS / "neck").glob("*.yaml"))
 TOP_DOWN = {
     "dssd": DSSDDecoder,
+    "dssd512": DSSDDecoder,
     "tcb": TCBTopDown,
     "refinedet": TCBTopDown,
     "refinenet": RefineNetTopDown,
@@ -130,3 +132,15 @@ def test_neck_choice_swaps_the_context_module(neck, meta_arch):
     with torch.inference_mode():
         out = model.predict(model.preprocess(torch.rand(1, 3, side, side)).tensor)
     assert out["cls_logits"].shape[1] == model.num_anchors((side, side))
+
+
+@pytest.mark.parametrize("neck", ["ssd_extra", "none", "tcb"])
+def test_a_neck_choice_overrides_the_presets_own(neck):
+    """`+preset=dssd321 neck=ssd_extra` is DSSD's first training stage (SSD321 + PM(c))."""
+    cfg = compose("config", overrides=["+preset=dssd321", f"neck={neck}"])
+    top_down = cfg.meta_arch.top_down
+    if neck == "tcb":
+        assert top_down._target_.endswith("TCBTopDown") and "combine" not in top_down
+    else:
+        assert top_down is None
+    assert cfg.meta_arch.head.out_channels == 1024  # the rest of the preset stays

@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 META_ARCHS = ["ssd", "dssd", "refinedet", "faster_rcnn", "rfcn"]
-SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m}" for m in META_ARCHS}  # Hydra sorts overrides
+# Job folders as Hydra names them: the overrides, sorted, without +sweep= and results_root=.
+SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m}" for m in META_ARCHS}
 ALWAYS_FILES = [
     "results.csv",
     "frontier.csv",

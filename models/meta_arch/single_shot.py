@@ -7,6 +7,11 @@ each object its best default box, 3:1 hard negative mining, softmax + smooth-L1 
 loss normalized by the number of positives.
 
 Deviations from the papers, and why:
+    * The default config (``sweeps/meta_arch/ssd.yaml``) predicts from the extractor's last
+      three maps (strides 8, 16, 32) plus two extra layers, not Huang et al.'s top two maps
+      plus four: the project's default images are 128 px, where the paper's layout leaves an
+      8x8 top map and 1x1 extra maps, and learns far slower on a CPU budget. The class
+      default (``neck=None``) and the paper presets keep the papers' layouts.
     * Inference NMS defaults to IoU 0.6 (Huang et al. 3.4, "post-process detections with
       non-max suppression using an IOU threshold of 0.6") rather than Liu et al.'s 0.45; the
       paper presets set 0.45 where they reproduce Liu et al.
@@ -25,6 +30,7 @@ run with any context module (the ``neck=`` config group).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,6 +49,8 @@ from models.necks.dssd import DSSDDecoder
 from models.necks.residual_extra import ResidualExtraLayers
 from models.necks.ssd_extra import SSDExtraLayers, feature_sizes
 from models.necks.topdown import TopDownFactory
+
+log = logging.getLogger(__name__)
 
 NeckFactory = Callable[[list[FeatureInfo]], nn.Module]
 # head(in_channels, anchors_per_location, num_outputs) -> module (SSDHead's signature).
@@ -73,7 +81,9 @@ def _check_in_features(neck: NeckFactory | None, extractor: FeatureExtractor) ->
     """A neck asking for maps the extractor lacks is an incompatible combination (a sweep
     records it as skipped), not a crash: e.g. RefineDet's ``[c3, c4, c5]`` on SSD's VGG-16,
     which only has ``c3``/``c4``."""
-    wanted = getattr(neck, "keywords", {}).get("in_features") or []
+    wanted = getattr(neck, "keywords", {}).get("in_features")
+    if wanted is None or isinstance(wanted, int):  # a count of the last maps: always valid
+        return
     missing = [n for n in wanted if n not in extractor.channels]
     if missing:
         raise IncompatibleConfigError(
@@ -399,4 +409,5 @@ def load_matching_state(model: nn.Module, path: str) -> tuple[int, int]:
     if not matching:
         raise ValueError(f"no tensor of {path} matches the model (wrong checkpoint?)")
     model.load_state_dict(matching, strict=False)
+    log.info("%s: loaded %d of the model's %d tensors", path, len(matching), len(own))
     return len(matching), len(own)

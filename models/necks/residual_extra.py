@@ -109,9 +109,10 @@ class ResidualExtraLayers(nn.Module):
 
     Args:
         in_info: the extractor's ``feature_info``.
-        in_features: names of extractor maps to predict from (default: the last two, as
-            :class:`SSDExtraLayers`). DSSD: ``[c3, c5]`` (conv3_x, conv5_x); RefineDet with
-            ResNet-101: ``[c3, c4, c5]`` (res3b3, res4b22, res5c).
+        in_features: names of extractor maps to predict from, or how many of the last maps
+            to take (default: the last two, as :class:`SSDExtraLayers`). DSSD: ``[c3, c5]``
+            (conv3_x, conv5_x); RefineDet with ResNet-101: ``[c3, c4, c5]`` (res3b3, res4b22,
+            res5c).
         depths: output channels of each extra block.
         strides: per block stride of the 3x3 (default 2 everywhere).
         paddings: per block padding of the 3x3 (default 1); 0 for a valid conv.
@@ -128,7 +129,7 @@ class ResidualExtraLayers(nn.Module):
         self,
         in_info: Sequence[FeatureInfo],
         *,
-        in_features: Sequence[str] | None = None,
+        in_features: Sequence[str] | int | None = None,
         depths: Sequence[int] = (512, 512, 256, 256),
         strides: Sequence[int] | None = None,
         paddings: Sequence[int] | None = None,
@@ -138,7 +139,11 @@ class ResidualExtraLayers(nn.Module):
     ):
         super().__init__()
         by_name = {f.name: f for f in in_info}
-        names = list(in_features) if in_features else [f.name for f in in_info[-2:]]
+        if in_features is None or isinstance(in_features, int):
+            # A count selects the extractor's last N maps (None: 2), as SSDExtraLayers.
+            names = [f.name for f in in_info[-(in_features or 2) :]]
+        else:
+            names = list(in_features)
         missing = [n for n in names if n not in by_name]
         if missing:
             raise ValueError(f"in_features {missing} not among extractor maps {list(by_name)}")

@@ -51,7 +51,8 @@ class SSDExtraLayers(nn.Module):
 
     Args:
         in_info: the extractor's ``feature_info``.
-        in_features: names of the extractor maps to predict from (default: the last two,
+        in_features: names of the extractor maps to predict from, or how many of the last
+            maps to take (default: the last two,
             "the topmost convolutional feature map and a higher resolution feature map").
         depths: output depth of each extra layer (Huang et al.: e.g. 512, 256, 256, 128).
         strides: per extra layer stride of the 3x3 conv (default 2 everywhere).
@@ -69,7 +70,7 @@ class SSDExtraLayers(nn.Module):
         self,
         in_info: Sequence[FeatureInfo],
         *,
-        in_features: Sequence[str] | None = None,
+        in_features: Sequence[str] | int | None = None,
         depths: Sequence[int] = (512, 256, 256, 128),
         strides: Sequence[int] | None = None,
         paddings: Sequence[int] | None = None,
@@ -78,7 +79,11 @@ class SSDExtraLayers(nn.Module):
     ):
         super().__init__()
         by_name = {f.name: f for f in in_info}
-        names = list(in_features) if in_features else [f.name for f in in_info[-2:]]
+        if in_features is None or isinstance(in_features, int):
+            # A count selects the extractor's last N maps (None: 2, Huang et al.'s choice).
+            names = [f.name for f in in_info[-(in_features or 2) :]]
+        else:
+            names = list(in_features)
         missing = [n for n in names if n not in by_name]
         if missing:
             raise ValueError(f"SSD in_features {missing} not among extractor maps {list(by_name)}")
