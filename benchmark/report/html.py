@@ -142,13 +142,18 @@ def _problems(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _plain(value) -> str:
+    """``300`` rather than ``300.0`` (pandas makes integer columns with gaps float)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _unique_values(df: pd.DataFrame, columns) -> pd.DataFrame:
     """column -> its distinct values over the ok jobs (one line when the sweep agrees)."""
     rows = df[df["status"] == "ok"] if (df["status"] == "ok").any() else df
     items = []
     for column in columns:
         if column in rows and rows[column].notna().any():
-            values = sorted({str(v) for v in rows[column].dropna()})
+            values = sorted({_plain(v) for v in rows[column].dropna()})
             items.append((column, ", ".join(values)))
     return pd.DataFrame(items, columns=["key", "value"])
 
@@ -163,8 +168,9 @@ def _protocol(df: pd.DataFrame) -> str:
         "reports the median with p90/p99, and the stage split preprocess / predict / "
         "postprocess. Multiply-adds (GMACs) are counted on <code>predict</code> with "
         "<code>torch.utils.flop_counter.FlopCounterMode</code> (RoIAlign by formula). Memory: "
-        "CUDA allocator peak on GPU; on CPU the peak-RSS increase of a fresh process. "
-        "Accuracy: COCO mAP (pycocotools) on the validation split.</p>"
+        "CUDA allocator peak on GPU; on CPU the peak-RSS increase of one call, in a fresh "
+        "process unless the memory measurement below says otherwise. Accuracy: COCO mAP "
+        "(pycocotools) on the validation split. Details: <code>docs/measurement.md</code>.</p>"
     )
     return text + _table(values)
 
