@@ -39,6 +39,7 @@ _TITLES = {
 # accurate than a frontier point (tags above-left of the others).
 _TAG_STYLE = {
     "fastest": ((-10, 0), "center"),
+    "cheapest": ((-10, 0), "center"),
     "sweet spot": ((-5, 9), "bottom"),
     "most accurate": ((-5, 9), "bottom"),
 }
@@ -154,7 +155,7 @@ def annotate_critical(ax, key_ax, front: pd.DataFrame, cost: str, accuracy: str)
         row = front.loc[index]
         offset, va = _TAG_STYLE[name]
         low, high = ax.get_ylim()
-        if name == "fastest" and row[accuracy] - low < 0.04 * (high - low):
+        if name in ("fastest", "cheapest") and row[accuracy] - low < 0.04 * (high - low):
             offset, va = (-10, 5), "bottom"  # on the x axis: lift the tag above it
         ax.scatter(
             [row[cost]],
@@ -287,7 +288,9 @@ def _short(row: pd.Series, with_neck: bool = False) -> str:
 
 def tick_labels(rows: pd.DataFrame) -> list[str]:
     """Tick labels for per-model bars; the neck is named when the rows compare several."""
-    with_neck = "neck" in rows and rows["neck"].nunique() > 1
+    # Only when one meta-architecture appears with several necks (a neck sweep): each
+    # detector's default neck is implied by its name.
+    with_neck = "neck" in rows and bool((rows.groupby("meta_arch")["neck"].nunique() > 1).any())
     return [_short(r, with_neck) for _, r in rows.iterrows()]
 
 

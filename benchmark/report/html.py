@@ -200,7 +200,7 @@ def render_html(
 Device: {device}.</p>
 <p class="counts">{count_html}</p>
 <h2>Critical points of the frontiers</h2>
-<p>Fastest, sweet spot (elbow) and most accurate Pareto-optimal configurations per cost
+<p>Fastest (cheapest), sweet spot (elbow) and most accurate Pareto-optimal configurations per cost
 (Huang et al. 2017 Table 3).</p>
 {_table(critical, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
 <h2>Figures</h2>

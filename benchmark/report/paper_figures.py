@@ -99,7 +99,7 @@ def object_size_figure(df: pd.DataFrame) -> Figure | None:
                 label=column.split("_")[1],
             )
         names = [extractor_name(e) for e in group["extractor"]]
-        if "neck" in rows and rows["neck"].nunique() > 1:
+        if group["neck"].nunique() > 1:  # a neck sweep: name each bar's neck
             names = [f"{n}\n({k})" for n, k in zip(names, group["neck"], strict=True)]
         ax.set_xticks(x, names, fontsize=8, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_title(meta_arch_name(meta))

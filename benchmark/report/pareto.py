@@ -13,7 +13,7 @@ import pandas as pd
 
 # Cost axes of the frontier table and figures: column -> short name used in file names.
 COST_AXES = {"latency_ms": "latency", "gmacs": "gmacs", "peak_mem_mb": "memory"}
-CRITICAL = ("fastest", "sweet spot", "most accurate")
+CRITICAL = ("fastest", "cheapest", "sweet spot", "most accurate")
 
 
 def pareto_mask(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -74,19 +74,24 @@ def sweet_spot(cost: np.ndarray, accuracy: np.ndarray, *, log_cost: bool = True)
     return int(np.argmax(interior)) + 1 if interior.max() > 0 else None
 
 
+def cheapest_name(cost: str) -> str:
+    """``fastest`` on a time axis (the paper's word), ``cheapest`` on GMACs or memory."""
+    return "fastest" if cost.endswith("_ms") else "cheapest"
+
+
 def critical_points(front: pd.DataFrame, cost: str, accuracy: str = "map") -> pd.Series:
     """Name the critical points of a frontier (sorted by cost): a Series aligned with it.
 
     Returns:
-        ``"fastest"`` / ``"sweet spot"`` / ``"most accurate"`` or ``""`` per frontier row; a
-        one-point frontier is both fastest and most accurate (named ``"fastest"`` and listed
-        once).
+        ``"fastest"`` (``"cheapest"`` when the cost is not a time) / ``"sweet spot"`` /
+        ``"most accurate"`` or ``""`` per frontier row; a one-point frontier is both the
+        cheapest and the most accurate (named after its cost and listed once).
     """
     names = pd.Series("", index=front.index, dtype=object)
     if front.empty:
         return names
     names.iloc[-1] = "most accurate"
-    names.iloc[0] = "fastest"
+    names.iloc[0] = cheapest_name(cost)
     spot = sweet_spot(front[cost].to_numpy(float), front[accuracy].to_numpy(float))
     if spot is not None:
         names.iloc[spot] = "sweet spot"

@@ -32,11 +32,11 @@ EXTRACTOR_NAMES = {
     "inception_v3": "Inception v3",
     "inception_resnet_v2": "Inception-ResNet v2",
     "resnet18": "ResNet-18",
+    "vgg16_refinedet": "VGG-16 (RefineDet)",  # tab10's grey: rarely swept, never confused
     "mobilenet_v2": "MobileNet v2",
     "mobilenet_v3_small": "MobileNet v3 small",
     "mobilenet_v3_large": "MobileNet v3 large",
     "resnet50": "ResNet-50",
-    "vgg16_refinedet": "VGG-16 (RefineDet)",
     "inception_v2": "Inception v2",
 }
 TWO_STAGE = ("faster_rcnn", "rfcn")
