@@ -64,6 +64,17 @@ def test_deconvolution_module_product_and_sum_differ():
         DeconvolutionModule(8, 8, 8, combine="concat")
 
 
+@pytest.mark.parametrize("combine", ["product", "sum"])
+def test_deconvolution_modules_start_as_their_lateral_path(combine):
+    """Untrained top-down context must not scramble the fine maps: at initialization each
+    module outputs ReLU(lateral path), whatever the deeper map holds."""
+    info, maps = _maps(LAYOUTS["ssd321"])
+    dec = DSSDDecoder(info, channels=16, combine=combine)
+    outs = dec(maps)
+    for block, lateral, out in zip(dec.blocks, maps[:-1], outs[:-1], strict=True):
+        assert torch.allclose(out, block.lateral(lateral).relu(), atol=1e-6)
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_dssd_decoder_keeps_sizes_and_passes_the_top_map(layout):
     info, maps = _maps(LAYOUTS[layout])

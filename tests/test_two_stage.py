@@ -2,14 +2,14 @@
 FLOP hook (Figure 6 of Huang et al.), output stride, heads, OHEM, configs, skipped builds."""
 
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
+import benchmark.app  # noqa: F401  (registers the detbench_job_dir resolver)
 from benchmark.measure.flops import count_predict
 from models.errors import IncompatibleConfigError
 from models.extractors.base import FeatureExtractor, FeatureInfo, LastStage
@@ -19,7 +19,6 @@ from models.heads.box_classifier import BoxClassifier
 from models.heads.rfcn import PSRoIHead
 from models.meta_arch.two_stage import RFCN, FasterRCNN
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps" / "meta_arch"
 SMALL = {"image_size": 96, "num_proposals": 20, "num_proposals_train": 30, "rpn_pre_nms_topk": 200}
 
 
@@ -257,12 +256,14 @@ def test_incompatible_extractors_raise_at_build():
 
 @pytest.mark.parametrize("name", ["faster_rcnn", "rfcn"])
 def test_sweep_config_builds(name):
-    cfg = OmegaConf.load(SWEEPS / f"{name}.yaml")
-    cfg.image_size = 96  # normally ${data.image_size}
-    model = instantiate(cfg, extractor=ToyExtractor(), num_classes=2)
+    """The YAML's keys match the constructor; anchors follow ``data.image_size``."""
+    with initialize_config_module("sweeps", version_base="1.3"):
+        cfg = compose("config", overrides=[f"meta_arch={name}", "data.image_size=96"])
+    model = instantiate(cfg.meta_arch, extractor=ToyExtractor(), num_classes=2)
     assert type(model) is (FasterRCNN if name == "faster_rcnn" else RFCN)
     assert model.resize_mode == "shorter_side" and model.num_proposals == 300
     assert isinstance(model.box_head, BoxClassifier if name == "faster_rcnn" else PSRoIHead)
+    assert model.anchor_sizes[2] == pytest.approx(256 * 96 / 600)
 
 
 def test_partial_head_factory_options():

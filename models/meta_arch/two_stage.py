@@ -32,9 +32,10 @@ Deviations from the papers, and why:
       detections are clipped to each image's own size in ``postprocess``.
     * The RPN keeps the ``rpn_pre_nms_topk`` (1000) best anchors per image before NMS to bound
       NMS cost on large inputs; the TF OD API runs NMS over all anchors.
-    * Batches of several (padded) images and the project's SGD schedule (momentum 0.9,
-      linear warm-up, cosine) instead of one image per worker with asynchronous SGD and 10x
-      steps: one CPU process, a few minutes of training.
+    * Training (the ``train`` config, not this module): batches of several padded images,
+      linear warm-up and a cosine schedule instead of one image per worker, asynchronous SGD
+      and 10x steps. ``train/optimizer=sgd`` is the paper's momentum SGD; the CPU recipes use
+      the project default AdamW, which converges much faster from random initialization.
     * Detections: score threshold 0.01 (TF OD API: 0.0) and at most 100 per image (COCO's
       evaluation limit).
     * R-FCN takes its position-sensitive maps from the extractor's last map at the
@@ -43,6 +44,8 @@ Deviations from the papers, and why:
       logged). Its RPN uses the extractor's ``c4`` map, as Dai et al.
     * R-FCN's OHEM ranks RoIs by loss without Shrivastava et al.'s NMS by default
       (``ohem_nms_threshold`` enables it); Dai et al. select the top 128 by loss.
+    * The crop size comes from ``LastStage.crop_size`` (14 by default); the paper's 17x17 for
+      Inception needs the extractor's split to report 17.
     * Loss weights follow the TF OD API configs (localization 2, classification 1 in both
       stages); Huang et al. do not state them.
 """

@@ -18,7 +18,12 @@ Deviations, and why:
       (:func:`models.necks.topdown.fit_to`). The paper does not say how its Caffe model
       handled these layers.
     * New layers use He initialization (the paper trains them from random init but does not
-      give the scheme).
+      give the scheme), except the deconvolution path's last BN, which starts at scale 0 and
+      shift 1 (product) or 0 (sum): each module then starts as its lateral path alone and
+      learns how much top-down context to mix in. The paper instead inserts the modules
+      into an already trained SSD (section 4.1); with random weights both ways, an untrained
+      deep path multiplying the lateral features by noise erases the fine maps' information,
+      and DSSD trained from scratch reached map_50 0.11 against SSD's 0.40 in 300 iterations.
 """
 
 from __future__ import annotations
@@ -74,6 +79,13 @@ class DeconvolutionModule(nn.Module):
         )
         self.act = nn.ReLU(inplace=True)
 
+    def start_as_lateral(self) -> None:
+        """Make the deconvolution path output the combination's identity (1 for the product,
+        0 for the sum), so the module initially passes its lateral path through."""
+        bn = self.deep[-1]
+        nn.init.zeros_(bn.weight)
+        nn.init.constant_(bn.bias, 1.0 if self.combine == "product" else 0.0)
+
     def forward(self, deep: Tensor, lateral: Tensor) -> Tensor:
         d = self.deep(self.up(deep, lateral.shape[-2:]))
         lat = self.lateral(lateral)
@@ -121,6 +133,8 @@ class DSSDDecoder(nn.Module):
             in_info[-1]
         ]
         init_msra(self.blocks)
+        for block in self.blocks:
+            block.start_as_lateral()
 
     def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:
         x = maps[-1]
