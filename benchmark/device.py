@@ -116,6 +116,41 @@ class Device:
             "reserved": torch.cuda.max_memory_reserved(self.torch_device) / mib,
         }
 
+    # -- data-parallel training and exclusive timing (benchmark/distributed.py, timing_lock.py) --
+    @property
+    def dist_backend(self) -> str:
+        """The torch.distributed backend for this device type: NCCL on CUDA, gloo on CPU."""
+        return "nccl" if self.is_cuda else "gloo"
+
+    def device_count(self) -> int:
+        """How many ranks of this type one process tree can use: visible GPUs, or 1 CPU
+        "device" (CPU ranks share the cores; their thread counts are split)."""
+        return torch.cuda.device_count() if self.is_cuda else 1
+
+    def for_rank(self, local_rank: int) -> Device:
+        """The device of data-parallel rank ``local_rank``: one GPU each on CUDA, the CPU
+        otherwise. Pins the CUDA current device so NCCL and kernels use that GPU."""
+        if not self.is_cuda:
+            return self
+        torch.cuda.set_device(local_rank)
+        return Device(torch.device("cuda", local_rank))
+
+    @property
+    def supports_sync_batchnorm(self) -> bool:
+        """``torch.nn.SyncBatchNorm`` raises on CPU tensors in a process group (PyTorch
+        implements it for CUDA only), so cross-rank BN is a CUDA feature."""
+        return self.is_cuda
+
+    @property
+    def lock_key(self) -> str:
+        """Which physical device a timing lock protects: the GPU's UUID (stable whatever
+        ``CUDA_VISIBLE_DEVICES`` renumbers), or ``cpu``: CPU jobs share all cores."""
+        if self.is_cuda:
+            props = torch.cuda.get_device_properties(self.torch_device)
+            uuid = getattr(props, "uuid", None)
+            return f"cuda-{uuid}" if uuid is not None else f"cuda-{self.torch_device.index or 0}"
+        return "cpu"
+
     # -- what the measurement code records about the device ----------------------------------
     @property
     def cache_key(self) -> str:

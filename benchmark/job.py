@@ -22,13 +22,16 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.build import build_detector
-from benchmark.data import DatasetError, build_data, build_loader
+from benchmark.data import DatasetError, build_data
 from benchmark.device import Device
 from benchmark.evaluate import METRIC_KEYS, evaluate
 from benchmark.measure import measure
 from benchmark.measure.environment import environment
+from benchmark.recipe import TrainingRecipe
 from benchmark.results import RESULT_FILE, git_sha, read_result, write_json_atomic
-from benchmark.train import load_checkpoint, train
+from benchmark.timing_lock import timing_lock
+from benchmark.train import load_checkpoint
+from benchmark.train_parallel import fit
 from models.errors import IncompatibleConfigError
 
 log = logging.getLogger("detbench")
@@ -160,6 +163,8 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
     }
 
     tcfg = cfg.train
+    # world_size, total batch, effective lr/warm-up, BN mode (docs/scale_out.md)
+    out.update(TrainingRecipe.from_cfg(tcfg).result_keys(device))
     checkpoint = tcfg.get("checkpoint")
     if checkpoint:
         state = load_checkpoint(Path(checkpoint), map_location=device.torch_device)
@@ -171,15 +176,10 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
             checkpoint=str(checkpoint),
         )
     elif int(tcfg.max_iters) > 0:
-        loader = build_loader(
-            data.train,
-            batch_size=int(tcfg.batch_size),
-            shuffle=True,
-            num_workers=int(cfg.data.get("num_workers", 0)),
-            seed=int(cfg.seed),
-            drop_last=len(data.train) > int(tcfg.batch_size),
+        # One process, or train.devices DDP ranks; the trained weights end up in `model`.
+        tr, _ = fit(
+            cfg, model, data.train, len(data.class_names), device, out_dir, progress=progress
         )
-        tr = train(model, loader, tcfg, device, out_dir, progress=progress)
         out.update(
             train_iters=tr.iters,
             train_seconds=tr.seconds,
@@ -206,11 +206,13 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         metrics = dict.fromkeys(METRIC_KEYS)
     out.update(metrics)
     # Speed, FLOPs, memory, roofline (docs/measurement.md); also in profile-only jobs.
-    out.update(
-        measure(
+    # Under the per-device timing lock: concurrent jobs on this machine measure one at a time.
+    with timing_lock(device, cfg) as lock:
+        measured = measure(
             model, data.val, cfg.get("bench"), device, image_size=size, out_dir=out_dir, cfg=cfg
         )
-    )
+    out.update(measured)
+    out.update(lock.result_keys())
     return out
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from benchmark.device import Device
+from benchmark.distributed import SINGLE, Ranks
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -125,6 +126,7 @@ def train(
     out_dir: Path,
     *,
     progress: bool = True,
+    ranks: Ranks = SINGLE,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.max_iters`` iterations.
 
@@ -135,11 +137,15 @@ def train(
         cfg: the ``train`` config node (see ``sweeps/train/default.yaml``).
         device: where to train.
         out_dir: the job folder; ``checkpoint.pt`` is written there.
+        ranks: data-parallel context when ``model`` is wrapped in DDP
+            (``benchmark.distributed``): rank 0 alone writes checkpoints and shows progress,
+            logged losses are averaged over ranks. The default is one process.
 
     Raises:
         TrainingDiverged: on a NaN or infinite loss.
     """
     model.to(device.torch_device).train()
+    net = ranks.unwrap(model)  # the weights without DDP's ``module.`` prefix: checkpoints
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = instantiate(cfg.optimizer, params=params)
     max_iters = int(cfg.max_iters)
@@ -158,7 +164,7 @@ def train(
     start = 0
     if cfg.get("resume", True) and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device.torch_device)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["iter"])
@@ -180,7 +186,7 @@ def train(
         initial=start,
         desc="train",
         unit="it",
-        disable=not progress,
+        disable=not progress or not ranks.is_main,
         dynamic_ncols=True,
         leave=False,
     )
@@ -205,25 +211,29 @@ def train(
         scaler.update()
         scheduler.step()
         it += 1
-        images_seen += len(images)
+        images_seen += len(images) * ranks.world_size  # DistributedSampler: equal shards
         window.append(float(loss.detach()))
         if it % log_every == 0 or it == max_iters:
             entry = {
                 "iter": it,
                 "lr": optimizer.param_groups[0]["lr"],
-                "loss": sum(window) / len(window),
-                **{k: float(v.detach()) for k, v in losses.items()},
+                **ranks.mean(
+                    {
+                        "loss": sum(window) / len(window),
+                        **{k: float(v.detach()) for k, v in losses.items()},
+                    }
+                ),
             }
             history.append(entry)
             bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k.startswith("loss")})
             window = []
-        if ckpt_every and it % ckpt_every == 0:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, it)
+        if ckpt_every and it % ckpt_every == 0 and ranks.is_main:
+            save_checkpoint(ckpt_path, net, optimizer, scheduler, it)
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
-    if it > start:
-        save_checkpoint(ckpt_path, model, optimizer, scheduler, it)
+    if it > start and ranks.is_main:
+        save_checkpoint(ckpt_path, net, optimizer, scheduler, it)
     final = history[-1]["loss"] if history else None
     return TrainResult(
         iters=it,

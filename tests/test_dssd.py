@@ -17,7 +17,13 @@ TARGETS = [
         "boxes": torch.tensor([[10.0, 12, 60, 70], [70, 20, 120, 50]]),
         "labels": torch.tensor([0, 2]),
     },
-    {"boxes": torch.tensor([[30.0, 30, 90, 100]]), "labels": torch.tensor([1])},
+    # The large box matches the coarse extra layers' default boxes: at initialization the
+    # deconvolution modules pass only their lateral path, so the extras learn through their own
+    # heads, which need a positive there.
+    {
+        "boxes": torch.tensor([[30.0, 30, 90, 100], [4, 6, 124, 120]]),
+        "labels": torch.tensor([1, 0]),
+    },
 ]
 # Narrow layers keep the tests fast; the structure is the paper's.
 SMALL = {

@@ -51,7 +51,7 @@ def timed_call(
 ) -> tuple[dict[str, float], list[dict[str, Tensor]]]:
     """One inference call (preprocess, predict, postprocess), each stage and the whole timed.
 
-    Call under ``torch.inference_mode()`` with the model in eval mode.
+    Call under ``torch.inference_mode()`` (or ``no_grad``) with the model in eval mode.
 
     Args:
         images: ``batch_size`` tensors ``[3, H, W]`` float in [0, 1] on the device.
@@ -125,8 +125,38 @@ def median_split(
     return sorted(int(i) for i in near), split
 
 
-@torch.inference_mode()
+def inference_context(settings: BenchSettings):
+    """``torch.inference_mode()`` (``bench.inference_mode``, the default) or ``no_grad``.
+
+    inference_mode also skips autograd's version counters and view tracking; both give the
+    same outputs.
+    """
+    return torch.inference_mode() if settings.inference_mode else torch.no_grad()
+
+
 def measure_latency(
+    model: nn.Module,
+    dataset: Dataset,
+    device: Device,
+    settings: BenchSettings,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`_measure_latency` under :func:`inference_context`."""
+    with inference_context(settings):
+        return _measure_latency(model, dataset, device, settings)
+
+
+def measure_throughput(
+    model: nn.Module,
+    dataset: Dataset,
+    device: Device,
+    settings: BenchSettings,
+) -> tuple[dict[str, Any], list[float]]:
+    """:func:`_measure_throughput` under :func:`inference_context`."""
+    with inference_context(settings):
+        return _measure_throughput(model, dataset, device, settings)
+
+
+def _measure_latency(
     model: nn.Module,
     dataset: Dataset,
     device: Device,
@@ -194,8 +224,7 @@ def measure_latency(
     return keys, record
 
 
-@torch.inference_mode()
-def measure_throughput(
+def _measure_throughput(
     model: nn.Module,
     dataset: Dataset,
     device: Device,

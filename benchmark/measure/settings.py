@@ -33,6 +33,9 @@ class BenchSettings:
     batch_size: int = 1
     precision: str = "fp32"
     channels_last: bool = False
+    fold_bn: bool = True
+    inference_mode: bool = True
+    compile: bool = False
     num_threads: int | None = None
     include_postprocess: bool = True
     throughput_batch_size: int = 8

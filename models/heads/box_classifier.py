@@ -92,7 +92,7 @@ class BoxClassifier(nn.Module):
             aligned=True,
         )  # [R, C, S, S]
         if self.pool_kernel > 1:
-            crops = F.max_pool2d(crops, self.pool_kernel, self.pool_kernel)
+            crops = crop_max_pool(crops, self.pool_kernel)
         x = self.stage(crops).mean(dim=(2, 3))  # [R, C5]; VGG's fc7 is already [R, 4096, 1, 1]
         return self.cls(x), self.box(x).view(x.shape[0], self.num_box_classes, 4)
 
@@ -101,6 +101,34 @@ class BoxClassifier(nn.Module):
             f"crop_size={self.crop_size}, pool_kernel={self.pool_kernel}, "
             f"sampling_ratio={self.sampling_ratio}, spatial_scale={self.spatial_scale}"
         )
+
+
+def crop_max_pool(crops: Tensor, k: int) -> Tensor:
+    """``F.max_pool2d(crops, k, k)`` (floor mode), fast on the CPU when no gradient is needed.
+
+    PyTorch's CPU max-pool kernel is slow on many small NCHW maps: ``[300, 1024, 14, 14]``
+    took ~390 ms on one thread, about 3x as long as the same maximum taken over the ``k * k``
+    strided slices (element-wise ``maximum``, vectorized over the whole tensor). The result is
+    identical (a maximum is exact). With autograd the max-pool kernel is kept: its backward
+    is cheaper than that of the chain of ``maximum`` ops.
+
+    Args:
+        crops: ``[R, C, H, W]``.
+        k: kernel and stride.
+
+    Returns:
+        ``[R, C, H // k, W // k]``.
+    """
+    if crops.requires_grad and torch.is_grad_enabled():
+        return F.max_pool2d(crops, k, k)
+    h, w = crops.shape[-2] // k * k, crops.shape[-1] // k * k
+    x = crops[..., :h, :w]
+    out = x[..., 0::k, 0::k]
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out = torch.maximum(out, x[..., i::k, j::k])
+    return out
 
 
 def roi_losses(

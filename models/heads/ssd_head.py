@@ -1,4 +1,9 @@
-"""SSD prediction heads: a 3x3 convolution per feature map for class scores and box offsets."""
+"""SSD prediction heads: a 3x3 convolution per feature map for class scores and box offsets.
+
+``separable=True`` gives SSDLite's predictor (Sandler et al. 2018, MobileNetV2 section 6.2;
+torchvision's ``SSDLiteHead``): each 3x3 convolution becomes a depthwise 3x3 convolution with
+batch norm and ReLU6 followed by a 1x1 convolution.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ class SSDHead(nn.Module):
         num_outputs: scores per anchor (``num_classes + 1`` with background at index 0 for
             softmax SSD; 2 for RefineDet's binary ARM).
         kernel_size: 3 as in Liu et al.; 1 gives the "box predictor" of some TF configs.
+        separable: SSDLite: depthwise ``kernel_size`` conv + BN + ReLU6, then a 1x1 conv.
 
     Shapes:
         forward: list of ``[B, C_k, H_k, W_k]`` -> ``(scores [B, A, num_outputs], deltas [B, A, 4])``
@@ -31,26 +37,34 @@ class SSDHead(nn.Module):
         num_outputs: int,
         *,
         kernel_size: int = 3,
+        separable: bool = False,
     ):
         super().__init__()
         if len(in_channels) != len(anchors_per_location):
             raise ValueError(
                 f"{len(in_channels)} feature maps but {len(anchors_per_location)} anchor layouts"
             )
-        pad = kernel_size // 2
         self.num_outputs = num_outputs
-        self.cls = nn.ModuleList(
-            nn.Conv2d(c, a * num_outputs, kernel_size, padding=pad)
-            for c, a in zip(in_channels, anchors_per_location, strict=True)
-        )
-        self.box = nn.ModuleList(
-            nn.Conv2d(c, a * 4, kernel_size, padding=pad)
-            for c, a in zip(in_channels, anchors_per_location, strict=True)
-        )
+        self.separable = separable
+
+        def predictor(c: int, out: int) -> nn.Module:
+            if not separable:
+                return nn.Conv2d(c, out, kernel_size, padding=kernel_size // 2)
+            return nn.Sequential(
+                nn.Conv2d(c, c, kernel_size, padding=kernel_size // 2, groups=c, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU6(inplace=True),
+                nn.Conv2d(c, out, 1),
+            )
+
+        pairs = list(zip(in_channels, anchors_per_location, strict=True))
+        self.cls = nn.ModuleList(predictor(c, a * num_outputs) for c, a in pairs)
+        self.box = nn.ModuleList(predictor(c, a * 4) for c, a in pairs)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, maps: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         scores, deltas = [], []

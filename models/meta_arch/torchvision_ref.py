@@ -73,6 +73,9 @@ class TorchvisionDetector(DetectionModel):
         extractor: ignored (the builder defines the backbone); accepted so ``build_detector``
             works unchanged.
         builder_kwargs: extra keyword arguments for the builder (e.g. ``box_detections_per_img``).
+        model: an already built torchvision detector (e.g. a ``FasterRCNN`` over a custom
+            backbone, ``benchmark.compare``) with ``num_classes + 1`` outputs, used instead of
+            calling the builder; ``name`` is then only its label.
     """
 
     resize_mode: ClassVar[str] = "square"
@@ -85,20 +88,25 @@ class TorchvisionDetector(DetectionModel):
         image_size: int,
         extractor: Any = None,
         builder_kwargs: dict | None = None,
+        model: nn.Module | None = None,
     ):
         # DetectionModel.__init__ would register ``extractor`` as a submodule; set its fields here.
         nn.Module.__init__(self)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (background excluded), got {num_classes}")
-        builder = getattr(tvd, name, None)
-        if not callable(builder):
-            raise IncompatibleConfigError(f"torchvision.models.detection has no builder {name!r}")
-        self.model = builder(
-            weights=None,
-            weights_backbone=None,
-            num_classes=num_classes + 1,
-            **dict(builder_kwargs or {}),
-        )
+        if model is None:
+            builder = getattr(tvd, name, None)
+            if not callable(builder):
+                raise IncompatibleConfigError(
+                    f"torchvision.models.detection has no builder {name!r}"
+                )
+            model = builder(
+                weights=None,
+                weights_backbone=None,
+                num_classes=num_classes + 1,
+                **dict(builder_kwargs or {}),
+            )
+        self.model = model
         self.family = _family(self.model)
         self.num_classes = num_classes
         self.reference_name = name

@@ -3,6 +3,10 @@
 Starting from the extractor's last map, each extra layer is a 1x1 convolution to half the
 depth followed by a 3x3 convolution that (usually) halves the resolution. Unlike Liu et al.,
 and like Huang et al., batch norm follows every added convolution (``use_bn=True``).
+
+``separable=True`` gives SSDLite's extra layers (Sandler et al. 2018; torchvision's
+``ssdlite320_mobilenet_v3_large``): the 3x3 convolution is depthwise (on the halved depth)
+and a 1x1 convolution restores the depth, each followed by batch norm and the activation.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ def conv_bn_act(
     padding: int = 0,
     use_bn: bool = True,
     activation: str = "relu",
+    groups: int = 1,
 ) -> nn.Sequential:
     """Conv -> (BN) -> activation. The conv has a bias only when there is no BN after it."""
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=not use_bn)
+        nn.Conv2d(cin, cout, k, stride=stride, padding=padding, groups=groups, bias=not use_bn)
     ]
     if use_bn:
         layers.append(nn.BatchNorm2d(cout))
@@ -60,6 +65,7 @@ class SSDExtraLayers(nn.Module):
             uses stride 1, padding 0 for the last two layers (5 -> 3 -> 1).
         use_bn: batch norm after each added conv (Huang et al.) or not (Liu et al.).
         activation: ``relu`` or ``relu6`` (MobileNet/Inception v2 in Huang et al.).
+        separable: SSDLite layers: 1x1 to ``d // 2``, depthwise 3x3, 1x1 to ``d``.
 
     Shapes:
         forward: ``{name: [B, C, H, W]}`` extractor maps -> list of ``[B, C_k, H_k, W_k]``,
@@ -76,6 +82,7 @@ class SSDExtraLayers(nn.Module):
         paddings: Sequence[int] | None = None,
         use_bn: bool = True,
         activation: str = "relu",
+        separable: bool = False,
     ):
         super().__init__()
         by_name = {f.name: f for f in in_info}
@@ -100,14 +107,19 @@ class SSDExtraLayers(nn.Module):
         self.extras = nn.ModuleList()
         cin, stride = info[-1].channels, info[-1].stride
         for d, s, p in zip(depths, strides, paddings, strict=True):
-            self.extras.append(
-                nn.Sequential(
-                    conv_bn_act(cin, d // 2, 1, use_bn=use_bn, activation=activation),
-                    conv_bn_act(
-                        d // 2, d, 3, stride=s, padding=p, use_bn=use_bn, activation=activation
-                    ),
+            kw = {"use_bn": use_bn, "activation": activation}
+            if separable:
+                layer = nn.Sequential(
+                    conv_bn_act(cin, d // 2, 1, **kw),
+                    conv_bn_act(d // 2, d // 2, 3, stride=s, padding=p, groups=d // 2, **kw),
+                    conv_bn_act(d // 2, d, 1, **kw),
                 )
-            )
+            else:
+                layer = nn.Sequential(
+                    conv_bn_act(cin, d // 2, 1, **kw),
+                    conv_bn_act(d // 2, d, 3, stride=s, padding=p, **kw),
+                )
+            self.extras.append(layer)
             # A valid 3x3 conv (padding 0) at stride 1 shrinks the map without a stride change;
             # report the stride as the image size over the map size would give, rounded.
             stride = stride * s if p > 0 or s > 1 else stride * 2

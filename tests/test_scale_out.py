@@ -1,0 +1,151 @@
+"""Scale-out end to end, in subprocesses as a user runs it (CPU, tiny images, few steps).
+
+* ``detbench ... train.devices=2``: two gloo DDP ranks started by the job, then one
+  evaluation and one timing run, to a valid result.json with ``world_size`` 2.
+* ``detbench -m hydra/launcher=submitit_local ...``: a two-job sweep through Hydra's submitit
+  launcher (jobs run concurrently as local processes) to completed results, aggregated by
+  ``detbench-report``; the two jobs' measurement phases do not overlap (timing lock).
+* The launcher presets under sweeps/hydra/launcher/ compose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "meta_arch=ssd",
+    "extractor=mobilenet_v3_small",
+    "data.image_size=64",
+    "data.gen_size=64",
+    "data.num_train=8",
+    "data.num_val=4",
+    "train.batch_size=2",
+    "train.warmup_iters=1",
+    "train.log_every=1",
+    "eval_batch_size=4",
+    "progress=false",
+    "meta_arch.score_threshold=0.05",
+    "meta_arch.pre_nms_topk=100",
+    "meta_arch.max_detections=50",
+    "bench.warmup=1",
+    "bench.num_images=2",
+    "bench.enabled.throughput=false",
+    "bench.enabled.roofline=false",
+    "bench.enabled.memory=false",
+]
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DETBENCH_CACHE": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        "HYDRA_FULL_ERROR": "1",
+    }
+    script = Path(sys.executable).with_name("detbench")  # the console script users run
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "benchmark"]
+    return subprocess.run(
+        [*command, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_two_rank_job_end_to_end(tmp_path):
+    done = _run(
+        tmp_path,
+        *TINY,
+        "train.devices=2",
+        "train.max_iters=2",
+        "num_threads=2",  # split over the ranks: one thread each
+        f"results_root={tmp_path / 'results'}",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = (tmp_path / "results" / "runs").glob("*/result.json")
+    r = json.loads(path.read_text())
+    assert r["status"] == "ok", r["error"]
+    assert r["world_size"] == 2 and r["dist_backend"] == "gloo"
+    assert r["total_batch_size"] == 4 and r["reference_batch_size"] == 2
+    # Linear scaling from one rank's batch: twice the lr and twice the warm-up.
+    assert r["lr_scale"] == 2.0 and r["effective_warmup_iters"] == 2
+    assert r["effective_lr"] == pytest.approx(2 * r["config"]["train"]["optimizer"]["lr"])
+    assert r["train_iters"] == 2 and len(r["train_history"]) == 2
+    assert r["train_history"][-1]["lr"] == pytest.approx(r["effective_lr"])
+    assert r["map"] is not None and r["latency_ms"] > 0  # evaluated and timed once, here
+    assert r["timing_exclusive"] is True
+    assert "training on 2 cpu ranks (gloo)" in done.stdout + done.stderr
+    assert (path.parent / "checkpoint.pt").is_file()  # written by rank 0
+
+
+def test_submitit_local_sweep_and_report(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[dev]'")
+    done = _run(
+        tmp_path,
+        "-m",
+        "hydra/launcher=submitit_local",
+        *TINY,
+        "train.max_iters=1",
+        "seed=0,1",
+        "num_threads=1",
+        "sweep_name=local",
+        f"results_root={tmp_path / 'results'}",
+        "~hydra.callbacks.report",  # aggregated below by detbench-report, as across machines
+    )
+    sweep = tmp_path / "results" / "local"
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    assert len(results) == 2, sorted(results)
+    assert all(r["status"] == "ok" for r in results.values())
+    assert (sweep / ".submitit").is_dir()  # really went through submitit
+    spans = sorted((r["measure_started_at"], r["measure_ended_at"]) for r in results.values())
+    assert spans[0][1] <= spans[1][0], spans  # exclusive timing between concurrent jobs
+
+    script = Path(sys.executable).with_name("detbench-report")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "benchmark.report.cli"]
+    report = subprocess.run(
+        [*command, str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (sweep / "report.html").is_file()
+    table = pd.read_csv(sweep / "results.csv")
+    assert len(table) == 2 and set(table["status"]) == {"ok"}
+    assert (table["world_size"] == 1).all() and table["timing_exclusive"].all()
+
+
+LAUNCHERS = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps/hydra/launcher").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_presets_compose(name):
+    plugin = "hydra_ray_launcher" if name.startswith("ray") else "hydra_submitit_launcher"
+    pytest.importorskip(f"hydra_plugins.{plugin}", reason="pip install -e '.[cluster]'")
+    with initialize_config_module("sweeps", version_base="1.3"):
+        cfg = compose(
+            "config", [f"hydra/launcher={name}", "train.devices=8"], return_hydra_config=True
+        )
+    launcher = cfg.hydra.launcher
+    if plugin == "hydra_ray_launcher":
+        assert launcher._target_.endswith("RayLauncher") and launcher.ray.remote.num_gpus == 1
+        return
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 1
+    assert launcher.gpus_per_node == (8 if name == "slurm_multi_gpu" else 1)

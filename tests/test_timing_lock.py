@@ -1,0 +1,125 @@
+"""Exclusive timing (benchmark/timing_lock.py): concurrent jobs never measure at once.
+
+Two levels: the lock itself between processes, and two real ``detbench`` jobs started
+together (profile-only, tiny) whose recorded measurement intervals must not overlap. To make
+the jobs really contend (not just start at different times), the test holds the lock until
+both jobs are waiting for it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from benchmark.device import Device
+from benchmark.timing_lock import exclusive_device, lock_path, timing_lock
+
+CPU = Device.from_spec("cpu")
+
+
+def _hold(lock_dir: str, seconds: float, queue) -> None:
+    with exclusive_device(CPU, lock_dir) as info:
+        start = time.time()
+        time.sleep(seconds)
+        queue.put((start, time.time(), info.wait_seconds))
+
+
+def _disjoint(intervals) -> bool:
+    intervals = sorted(intervals)
+    return all(a_end <= b_start for (_, a_end), (b_start, _) in pairwise(intervals))
+
+
+def test_two_processes_hold_the_lock_one_at_a_time(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_hold, args=(str(tmp_path), 0.4, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [queue.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert _disjoint([(s, e) for s, e, _ in got])
+    assert max(w for _, _, w in got) >= 0.3  # the second one waited for the first
+
+
+def test_lock_info_and_disabled_lock(tmp_path):
+    with exclusive_device(CPU, tmp_path) as info:
+        assert info.exclusive and info.wait_seconds >= 0
+        assert Path(info.path) == lock_path(CPU, tmp_path) and Path(info.path).exists()
+    keys = info.result_keys()
+    assert (
+        keys["timing_exclusive"] is True and keys["measure_ended_at"] >= keys["measure_started_at"]
+    )
+    with timing_lock(CPU, {"timing_lock": False}) as off:
+        pass
+    assert off.result_keys()["timing_exclusive"] is False and off.wait_seconds is None
+    assert "cpu" in lock_path(CPU, tmp_path).name
+
+
+def _job(root: Path, name: str, lock_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "meta_arch=ssd",
+        "extractor=mobilenet_v3_small",
+        "train.max_iters=0",  # profile-only: build and measure
+        "data.image_size=64",
+        "data.gen_size=64",
+        "data.num_train=4",
+        "data.num_val=4",
+        f"seed={name}",
+        "progress=false",
+        "num_threads=1",
+        f"results_root={root / 'results'}",
+        f"timing_lock_dir={lock_dir}",
+        "bench.warmup=1",
+        "bench.num_images=2",
+        "bench.enabled.throughput=false",
+        "bench.enabled.roofline=false",
+        "bench.enabled.memory=false",
+    ]
+
+
+@pytest.mark.slow
+def test_two_concurrent_jobs_never_measure_at_the_same_time(tmp_path):
+    lock_dir = tmp_path / "locks"
+    env = {**os.environ, "DETBENCH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    logs = [tmp_path / f"job{i}.log" for i in range(2)]
+    procs = []
+    with exclusive_device(CPU, lock_dir):  # both jobs must queue behind this
+        for i, log in enumerate(logs):
+            with log.open("w") as out:
+                procs.append(
+                    subprocess.Popen(
+                        _job(tmp_path, str(i), lock_dir),
+                        cwd=tmp_path,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        deadline = time.monotonic() + 120
+        while not all("waiting for the timing lock" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+            assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.2)
+    for p in procs:
+        p.wait(timeout=180)
+    results = [
+        json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/result.json")
+    ]
+    assert len(results) == 2, [log.read_text()[-2000:] for log in logs]
+    for r in results:
+        assert r["status"] == "ok", r["error"]
+        assert r["timing_exclusive"] is True and r["timing_lock_wait_s"] > 0
+        assert r["latency_ms"] > 0
+    assert _disjoint([(r["measure_started_at"], r["measure_ended_at"]) for r in results])
