@@ -22,9 +22,10 @@ torchvision slightly.
 Pairs (``num_classes`` 20 + background on both sides; random weights, no downloads):
     * ``ssd300_vgg16``: our ``+preset=ssd300`` against ``ssd300_vgg16`` at 300 px. Same
       layers (reduced VGG-16, L2Norm, four extra layers without BN, 3x3 heads, 8732 boxes).
-    * ``ssdlite320_mobilenet_v3_large``: SSD over timm ``mobilenetv3_large_100`` with
+    * ``ssdlite320_mobilenet_v3_large``: SSD over torchvision's MobileNetV3-Large
+      (:class:`models.extractors.TorchvisionMobileNetV3`: reduced tail, SSDLite's taps) with
       SSDLite extra layers and separable heads, against ``ssdlite320_mobilenet_v3_large`` at
-      320 px; see :data:`DIFFERENCES` for what differs.
+      320 px. Same layers (parameters and GMACs equal); see :data:`DIFFERENCES`.
     * ``faster_rcnn_resnet50_c4``: our Faster R-CNN over ResNet-50 (frozen BN, C4: RPN on
       ``c4``, 14x14 RoIAlign, 2x2 max-pool, ``layer4`` as box head) against torchvision's
       ``FasterRCNN`` built with the same trunk (``conv1`` .. ``layer3``), RPN (12 anchors of the
@@ -57,11 +58,12 @@ NUM_CLASSES = 20  # VOC: the papers' SSD setting; both sides get 20 + background
 DIFFERENCES = {
     "ssd300_vgg16": "none in the layers; torchvision loops over classes in postprocess",
     "ssdlite320_mobilenet_v3_large": (
-        "backbone timm mobilenetv3_large_100 (full 960-channel tail; torchvision halves the "
-        "last stage, reduce_tail) tapped at block outputs c4 = 112 ch and c5 = 960 ch "
-        "(torchvision: the 672-channel expansion of block 13 and the 480-channel last conv); "
-        "extra layers [512, 256, 256, 128], separable heads, 6 boxes per location, 3234 boxes "
-        "on both"
+        "none in the layers (torchvision's MobileNetV3-Large with the reduced tail, c4 = the "
+        "672-channel expansion of block 13, c5 = the 480-channel last conv; SSDLite extra "
+        "layers [512, 256, 256, 128]; separable heads; 3234 boxes; same parameter count and "
+        "GMACs); our extra layers and heads use BatchNorm eps 1e-5 (torchvision 1e-3); "
+        "postprocess: ours keeps the 300 best (box, class) pairs over all classes, torchvision "
+        "300 per class"
     ),
     "faster_rcnn_resnet50_c4": (
         "RoIAlign aligned=True (ours) vs False; torchvision's box predictor has C + 1 box "
@@ -179,13 +181,15 @@ PAIRS: dict[str, PairSpec] = {
         320,
         4,
         (
-            "extractor=mobilenet_v3_large",
+            "extractor=mobilenet_v3_large_tv",  # torchvision's layers, taps and reduced tail
             "meta_arch.neck.in_features=[c4,c5]",
             "meta_arch.neck.depths=[512,256,256,128]",
             "+meta_arch.neck.separable=true",
             "meta_arch.neck.activation=relu6",
             "meta_arch.aspect_ratios=[2,3]",
-            "meta_arch.nms_threshold=0.55",  # torchvision's SSDLite settings
+            "meta_arch.min_scale=0.2",  # torchvision's SSDLite settings
+            "meta_arch.score_threshold=0.001",
+            "meta_arch.nms_threshold=0.55",
             "meta_arch.pre_nms_topk=300",
             "meta_arch.max_detections=300",
             *_SSDLITE_HEAD,

@@ -101,6 +101,13 @@ class Device:
             raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
         return torch.autocast(device_type=self.type, dtype=dtype)
 
+    @property
+    def pin_memory(self) -> bool:
+        """Whether data loaders should pin host memory: page-locked batches copy to a GPU
+        faster and let ``non_blocking=True`` copies overlap compute. Pointless on CPU, where
+        pinning only costs a copy (and needs CUDA to be present at all)."""
+        return self.is_cuda
+
     def reset_peak_memory(self) -> None:
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.torch_device)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from benchmark.data import build_loader
+from benchmark.device import Device
 
 # Order of COCOeval.stats (pycocotools' summarize()).
 METRIC_KEYS = (
@@ -51,7 +52,12 @@ def predict_dataset(
     ``[x, y, width, height]``; labels go back to the dataset's category ids.
     """
     model.eval()
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False)
+    loader = build_loader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        pin_memory=Device(torch.device(device)).pin_memory,
+    )
     cat_ids = torch.as_tensor(label_to_category_id)
     results: list[dict] = []
     for images, targets in tqdm(

@@ -64,6 +64,7 @@ def fit(
             num_workers=int(cfg.data.get("num_workers", 0)),
             seed=int(cfg.seed),
             drop_last=len(train_set) > recipe.batch_size,
+            pin_memory=device.pin_memory,
         )
         with frozen_batchnorm(model, recipe.bn_effective == "frozen"):
             tr = train(model, loader, tcfg, device, out_dir, progress=progress)
@@ -143,6 +144,7 @@ def _train_rank(
             seed=int(cfg.seed),
             sampler=sampler,
             drop_last=len(sampler) > recipe.batch_size,
+            pin_memory=ranks.device.pin_memory,
         )
         tr = train(ddp, loader, tcfg, ranks.device, Path(out_dir), progress=progress, ranks=ranks)
     if ranks.is_main:

@@ -55,3 +55,16 @@ def test_check_detections_rejects_wrong_kinds():
         compare.check_detections([{**good, "boxes": torch.tensor([[3.0, 2.0, 1.0, 4.0]])}], 10)
     with pytest.raises(ValueError):
         compare.check_detections([{**good, "labels": torch.tensor([1.0])}], 10)
+
+
+def test_ssdlite_pair_is_the_same_architecture():
+    """Ours and torchvision's SSDLite: same parameter count, GMACs and default boxes."""
+    from benchmark.measure.flops import count_predict
+
+    ours, tv, size = compare.build_pair("ssdlite320_mobilenet_v3_large")
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in tv.parameters())
+    images, _ = compare.make_inputs(1, size)
+    gmacs = [count_predict(m, m.preprocess(images).tensor).gmacs for m in (ours, tv)]
+    assert gmacs[0] == pytest.approx(gmacs[1], rel=1e-9)
+    with torch.no_grad():
+        assert ours.predict(ours.preprocess(images).tensor)["anchors"].shape == (3234, 4)

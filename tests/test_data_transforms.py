@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 
 from benchmark.data import build_data, build_loader, collate
 from benchmark.data.transforms import default_max_size
+from benchmark.device import Device
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,9 @@ def test_collate_and_loader(tiny_coco):
     assert sorted(order(0)) == [101, 102, 103, 104]
     loader = build_loader(data.train, batch_size=3, shuffle=False, drop_last=True)
     assert [len(images) for images, _ in loader] == [3]
-    assert not loader.pin_memory or torch.cuda.is_available()
+    assert not loader.pin_memory  # pinned only when asked (Device.pin_memory: CUDA)
+    assert not Device.from_spec("cpu").pin_memory
+    assert build_loader(data.train, batch_size=3, shuffle=False, pin_memory=True).pin_memory
 
 
 def test_loader_with_workers(tiny_coco):

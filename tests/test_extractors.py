@@ -20,7 +20,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.errors import IncompatibleConfigError
-from models.extractors import FeatureExtractor, FeatureInfo, TimmExtractor, VGG16Reduced
+from models.extractors import (
+    FeatureExtractor,
+    FeatureInfo,
+    TimmExtractor,
+    TorchvisionMobileNetV3,
+    VGG16Reduced,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "sweeps" / "extractor").glob("*.yaml"))
 SIZES = [(128, 128), (128, 160)]  # non-square: height and width round separately
@@ -232,3 +238,70 @@ def test_vgg16_reduced_weights_and_options(tmp_path: Path) -> None:
     with pytest.raises(IncompatibleConfigError):
         VGG16Reduced(layout="refinedet", output_stride=16)
     assert VGG16Reduced(pretrained=False, normalization="caffe").std == (1 / 255,) * 3
+
+
+# -- torchvision MobileNetV3 (SSDLite's backbone) -----------------------------------------
+def test_torchvision_mobilenet_v3_is_ssdlite_backbone() -> None:
+    """Same layers, parameters and maps as ssdlite320_mobilenet_v3_large's backbone."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from benchmark.compare import copy_weights
+
+    extractor = TorchvisionMobileNetV3().eval()
+    assert extractor.feature_info == [
+        FeatureInfo("c3", 240, 8),
+        FeatureInfo("c4", 672, 16),
+        FeatureInfo("c5", 480, 32),
+    ]
+    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    features = reference.backbone.features  # [start .. C4 expansion, C4 depthwise .. end]
+    copy_weights(extractor, features)  # raises unless every tensor's shape matches, in order
+    assert sum(p.numel() for p in extractor.parameters()) == sum(
+        p.numel() for p in features.parameters()
+    )
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        out = extractor(x)
+        c4 = features[0](x)
+        torch.testing.assert_close(out["c4"], c4)
+        torch.testing.assert_close(out["c5"], features[1](c4))
+        split = extractor.split_last_stage()
+        torch.testing.assert_close(split.stage(split.trunk(x)["c4"]), out["c5"])
+
+
+def test_torchvision_mobilenet_v3_weights_and_options(tmp_path: Path) -> None:
+    from torchvision.models import mobilenet_v3_large
+
+    source = mobilenet_v3_large(weights=None)  # a classification checkpoint: full tail
+    with torch.no_grad():
+        source.features[13].block[0][1].running_mean.fill_(0.5)
+    torch.save(source.state_dict(), tmp_path / "mnv3.pth")
+    loaded = TorchvisionMobileNetV3(reduced_tail=False, weights_path=str(tmp_path / "mnv3.pth"))
+    assert loaded.channels["c5"] == 960
+    expansion = loaded.steps["features_13_expand"]
+    torch.testing.assert_close(expansion[1].running_mean, torch.full((672,), 0.5))
+    torch.testing.assert_close(expansion[0].weight, source.features[13].block[0][0].weight)
+    with pytest.raises(ValueError, match="mnv3.pth"):  # the reduced tail has other shapes
+        TorchvisionMobileNetV3(weights_path=str(tmp_path / "mnv3.pth"))
+    torch.save(loaded.state_dict(), tmp_path / "own.pth")  # its own state dict loads back
+    again = TorchvisionMobileNetV3(reduced_tail=False, weights_path=str(tmp_path / "own.pth"))
+    for (key, a), b in zip(again.state_dict().items(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=key)
+
+    frozen = TorchvisionMobileNetV3(frozen_bn=True, out_levels=[4, 5]).train()
+    assert not [m for m in frozen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    dilated = TorchvisionMobileNetV3(output_stride=16).eval()
+    assert dilated.strides == {"c3": 8, "c4": 16, "c5": 16}
+    with torch.no_grad():
+        assert dilated(torch.randn(1, 3, 64, 64))["c5"].shape[-2:] == (4, 4)
+    with pytest.raises(IncompatibleConfigError, match="output_stride 32"):
+        dilated.split_last_stage()
+    with pytest.raises(IncompatibleConfigError, match="levels 4 and 5"):
+        TorchvisionMobileNetV3(out_levels=[3, 4]).split_last_stage()
+    assert list(TorchvisionMobileNetV3(out_levels=[3, 4]).steps)[-1] == "features_13_expand"
+    with pytest.raises(IncompatibleConfigError):
+        TorchvisionMobileNetV3(output_stride=8)
+    with pytest.raises(IncompatibleConfigError):
+        TorchvisionMobileNetV3(out_levels=[2, 3])
+    with pytest.raises(ValueError, match="reduced_tail"):
+        TorchvisionMobileNetV3(pretrained=True)

@@ -95,6 +95,7 @@ def build_loader(
     seed: int = 0,
     sampler: Sampler | None = None,
     drop_last: bool = False,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader using :func:`collate`, deterministic given ``seed``.
 
@@ -119,6 +120,8 @@ def build_loader(
         seed: Seed of the loader's generator.
         sampler: Optional sampler replacing the default one.
         drop_last: Drop the last incomplete batch.
+        pin_memory: Pin the batches' host memory; pass :attr:`benchmark.device.Device.pin_memory`
+            of the device the batches go to (true on CUDA only).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -129,7 +132,7 @@ def build_loader(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         drop_last=drop_last,
         generator=generator,
         persistent_workers=num_workers > 0,

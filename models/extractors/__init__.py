@@ -1,4 +1,5 @@
-"""Feature extractors: the contract (``base``), a timm adapter and SSD's reduced VGG-16."""
+"""Feature extractors: the contract (``base``), a timm adapter, torchvision's MobileNetV3 (as
+SSDLite taps it) and SSD's reduced VGG-16."""
 
 from models.extractors.base import (
     IMAGENET_MEAN,
@@ -9,6 +10,7 @@ from models.extractors.base import (
 )
 from models.extractors.sequential import SequentialExtractor
 from models.extractors.timm_extractor import TimmExtractor
+from models.extractors.torchvision_mobilenet import TorchvisionMobileNetV3
 from models.extractors.vgg16_reduced import L2Norm, VGG16Reduced, VGGBoxHead
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "LastStage",
     "SequentialExtractor",
     "TimmExtractor",
+    "TorchvisionMobileNetV3",
     "VGG16Reduced",
     "VGGBoxHead",
 ]
