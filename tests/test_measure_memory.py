@@ -62,6 +62,20 @@ def test_rss_peak_reset_and_increase():
     assert 50 < out["peak_mb"] < 200 and out["reserved_mb"] is None
 
 
+def test_rss_peak_sees_allocations_served_from_a_fragmented_heap():
+    # Freeing a 30 MiB buffer raises glibc's mmap threshold; 200 x 1 MiB then live on the
+    # heap, and all but the last are freed: ~199 MiB of free, still-resident chunks that
+    # would serve the 64 MiB below without any RSS growth unless the heap is trimmed first.
+    big = torch.ones(30 * 2**20 // 4)
+    del big
+    chunks = [torch.ones(2**20 // 4) for _ in range(200)]
+    last = chunks[-1]
+    del chunks
+    out = peak_of(lambda: torch.ones(64 * 2**20 // 4).sum(), CPU)
+    assert 50 < out["peak_mb"] < 200, out["peak_mb"]
+    del last
+
+
 def test_in_process_train_step_restores_the_model():
     torch.manual_seed(0)
     model = TinyDetector(extractor=TinyExtractor(), num_classes=3).eval()

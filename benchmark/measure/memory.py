@@ -158,7 +158,9 @@ def peak_of(fn, device: Device) -> dict[str, Any]:
     Returns:
         ``{"peak_mb", "reserved_mb" (CUDA, else None), "method", "value": fn's return}``.
     """
-    gc.collect()
+    # On CPU the heap is trimmed first: free chunks that are still resident (a long-lived,
+    # fragmented glibc heap) would otherwise serve fn's allocations without raising the RSS.
+    release_free_memory()
     if device.is_cuda:
         device.synchronize()
         device.reset_peak_memory()
