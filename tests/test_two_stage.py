@@ -235,6 +235,34 @@ def test_ohem_keeps_the_hardest_rois_per_image():
     assert float(model.box_loss(outputs)[0]) == pytest.approx(float(ce.mean()))
 
 
+def test_ohem_training_step_backprops_the_kept_rois_with_the_full_set_gradients(monkeypatch):
+    """R-FCN's training predict scores every RoI without gradient and re-pools only the kept
+    ones: loss and gradients must equal OHEM over the full, differentiable set."""
+    torch.manual_seed(0)
+    model = RFCN(extractor=ToyExtractor(), num_classes=3, ohem_rois=4, image_size=96).train()
+    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
+
+    def step():
+        torch.manual_seed(1)  # the RPN's anchor sampling
+        model.zero_grad()
+        outputs = model.predict(torch.stack(images), _targets())
+        losses = model.loss(outputs, _targets(), [(96, 96)] * 2)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return outputs, losses, grads
+
+    fast_out, fast, fast_grads = step()
+    assert "ohem_selected" in fast_out and len(fast_out["rois"]) <= 2 * 4
+    monkeypatch.setattr(RFCN, "second_stage", FasterRCNN.second_stage)  # all RoIs with grad
+    full_out, full, full_grads = step()
+    assert len(full_out["rois"]) > len(fast_out["rois"])
+    for k in full:
+        assert torch.allclose(fast[k], full[k], atol=1e-6), k
+    assert fast_grads.keys() == full_grads.keys()
+    for n, g in full_grads.items():
+        assert torch.allclose(fast_grads[n], g, atol=1e-6, rtol=1e-4), n
+
+
 def test_toy_extractor_two_stage_end_to_end():
     """Any splittable extractor works; crop size comes from the split (17 here)."""
     for arch in (FasterRCNN, RFCN):

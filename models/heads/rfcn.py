@@ -26,7 +26,7 @@ from torchvision.ops import ps_roi_align
 
 from models.matching import ohem_select
 
-__all__ = ["PSRoIHead", "ohem_loss"]
+__all__ = ["PSRoIHead", "ohem_keep", "ohem_loss"]
 
 
 class PSRoIHead(nn.Module):
@@ -85,7 +85,10 @@ class PSRoIHead(nn.Module):
         return self.ps(x)
 
     def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        maps = self.score_maps(features)
+        return self.pool(self.score_maps(features), rois)
+
+    def pool(self, maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """The per-RoI part: PS-RoIAlign of :meth:`score_maps` output, then average voting."""
         pooled = ps_roi_align(
             maps, rois.to(maps.dtype), self.bins, self.spatial_scale, self.sampling_ratio
         )  # [R, C+1 + 4*Cb, k, k]
@@ -116,19 +119,33 @@ def ohem_loss(
     Returns:
         ``(loss_cls, loss_box)`` scalars.
     """
-    total = (ce + box).detach()
+    keep = ohem_keep((ce + box).detach(), rois, num=num, nms_threshold=nms_threshold)
+    n = keep.sum().clamp(min=1).to(ce.dtype)
+    return torch.where(keep, ce, 0.0).sum() / n, torch.where(keep, box, 0.0).sum() / n
+
+
+def ohem_keep(
+    loss: Tensor, rois: Tensor, *, num: int, nms_threshold: float | None = None
+) -> Tensor:
+    """Per image, the ``num`` highest-loss RoIs (after NMS among them when set).
+
+    Args:
+        loss: ``[R]`` per-RoI total loss (no gradient needed).
+        rois: ``[R, 5]`` RoIs sorted by image index (column 0).
+
+    Returns:
+        ``[R]`` bool mask of the kept RoIs.
+    """
     counts = torch.bincount(rois[:, 0].long()).tolist()
-    keep = torch.cat(
+    return torch.cat(
         [
             ohem_select(
-                loss,
+                per_image,
                 num,
                 boxes=r[:, 1:] if nms_threshold else None,
                 iou_threshold=nms_threshold or 0.7,
             )
-            for loss, r in zip(total.split(counts), rois.split(counts), strict=True)
+            for per_image, r in zip(loss.split(counts), rois.split(counts), strict=True)
         ]
-        or [torch.zeros_like(ce, dtype=torch.bool)]
+        or [torch.zeros_like(loss, dtype=torch.bool)]
     )
-    n = keep.sum().clamp(min=1).to(ce.dtype)
-    return torch.where(keep, ce, 0.0).sum() / n, torch.where(keep, box, 0.0).sum() / n

@@ -76,7 +76,7 @@ from models.heads.proposals import (
     to_rois,
     top_proposals,
 )
-from models.heads.rfcn import PSRoIHead, ohem_loss
+from models.heads.rfcn import PSRoIHead, ohem_keep, ohem_loss
 from models.heads.rpn import RPNHead, rpn_loss
 from models.meta_arch.base import DetectionModel, Detections, Target
 
@@ -273,9 +273,16 @@ class FasterRCNN(DetectionModel):
             num, fixed = self.num_proposals, self.fixed_proposals
             proposals = self._proposals(logits, deltas, anchors, size, num, fixed=fixed)
             rois = to_rois(proposals.boxes, proposals.valid)
-        cls_logits, box_deltas = self.box_head(crop_map, rois)
-        out.update(rois=rois, cls_logits=cls_logits, box_deltas=box_deltas)
+        out.update(self.second_stage(crop_map, rois, out))
         return out
+
+    def second_stage(
+        self, crop_map: Tensor, rois: Tensor, out: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Box classifier on ``rois [R, 5]``: ``rois``, ``cls_logits``, ``box_deltas`` (and in
+        training whatever of ``out`` it narrows, such as the RoI targets)."""
+        cls_logits, box_deltas = self.box_head(crop_map, rois)
+        return {"rois": rois, "cls_logits": cls_logits, "box_deltas": box_deltas}
 
     def _proposals(
         self,
@@ -450,9 +457,40 @@ class RFCN(FasterRCNN):
             add_gt=self.add_gt_to_proposals,
         )
 
+    def second_stage(
+        self, crop_map: Tensor, rois: Tensor, out: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """In training with OHEM, forward every RoI, back-propagate the hardest only.
+
+        The score maps are computed once with gradient; PS-RoIAlign runs once without it on
+        all RoIs to rank their losses, then again with it on the ``ohem_rois`` kept per image,
+        so the backward pass (torchvision's ``ps_roi_align`` backward, the costliest op of
+        an R-FCN step on CPU) only sees the kept RoIs. Losses and gradients equal
+        :func:`ohem_loss` on the full set; the outputs hold the kept RoIs only.
+        """
+        head = self.box_head
+        if not (self.training and self.ohem_rois is not None and isinstance(head, PSRoIHead)):
+            return super().second_stage(crop_map, rois, out)
+        maps = head.score_maps(crop_map)
+        labels, box_targets = out["roi_labels"], out["roi_box_targets"]
+        with torch.no_grad():
+            ce, box = roi_losses(*head.pool(maps, rois), labels, box_targets)
+            keep = ohem_keep(
+                ce + box, rois, num=self.ohem_rois, nms_threshold=self.ohem_nms_threshold
+            )
+        cls_logits, box_deltas = head.pool(maps, rois[keep])
+        return {
+            "rois": rois[keep],
+            "cls_logits": cls_logits,
+            "box_deltas": box_deltas,
+            "roi_labels": labels[keep],
+            "roi_box_targets": box_targets[keep],
+            "ohem_selected": torch.ones((), dtype=torch.bool),
+        }
+
     def box_loss(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Losses over the ``ohem_rois`` highest-loss RoIs of each image, divided by their number."""
-        if self.ohem_rois is None:
+        if self.ohem_rois is None or "ohem_selected" in outputs:
             return super().box_loss(outputs)
         ce, box = self.roi_losses(outputs)
         return ohem_loss(
