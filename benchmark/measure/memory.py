@@ -158,8 +158,9 @@ def peak_of(fn, device: Device) -> dict[str, Any]:
     Returns:
         ``{"peak_mb", "reserved_mb" (CUDA, else None), "method", "value": fn's return}``.
     """
-    # On CPU the heap is trimmed first: free chunks that are still resident (a long-lived,
-    # fragmented glibc heap) would otherwise serve fn's allocations without raising the RSS.
+    # Every probe starts from a trimmed heap: on CPU, free chunks that are still resident (a
+    # long-lived, fragmented glibc heap) would otherwise serve fn's allocations without
+    # raising the RSS.
     release_free_memory()
     if device.is_cuda:
         device.synchronize()
@@ -208,7 +209,6 @@ def in_process_peak(
     images, targets = synthetic_batch(
         batch_size, image_size, int(model.num_classes), device.torch_device
     )
-    release_free_memory()
     if mode == "inference":
         return probe(
             model, mode, images, targets, device, settings, train_precision, make_optimizer

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from benchmark.device import Device
-from benchmark.measure.memory import default_optimizer, probe, release_free_memory, synthetic_batch
+from benchmark.measure.memory import default_optimizer, probe, synthetic_batch
 from benchmark.measure.settings import BenchSettings
 
 
@@ -58,7 +58,6 @@ def _child(spec: dict[str, Any]) -> list[dict[str, Any]]:
         images, targets = synthetic_batch(
             int(batch_size), tuple(spec["image_size"]), num_classes, device.torch_device
         )
-        release_free_memory()
         results.append(
             probe(
                 model,
@@ -101,9 +100,9 @@ def fresh_process_peaks(
     """Measure ``probes`` in order in one fresh child process; see the module docstring.
 
     One child for all probes because starting one (importing torch, building the model) costs
-    seconds, more on a loaded machine. Between probes the child returns freed heap pages to the
-    OS (:func:`release_free_memory`) and resets the peak, so a later probe pays for its own
-    pages; put the smaller probe first (inference, then training).
+    seconds, more on a loaded machine. Before each probe the child returns freed heap pages to
+    the OS (``peak_of`` calls ``release_free_memory``) and resets the peak, so a later probe
+    pays for its own pages; put the smaller probe first (inference, then training).
 
     Args:
         model: the job's model (its weights are saved for the child to load).

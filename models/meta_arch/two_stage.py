@@ -466,7 +466,8 @@ class RFCN(FasterRCNN):
         all RoIs to rank their losses, then again with it on the ``ohem_rois`` kept per image,
         so the backward pass (torchvision's ``ps_roi_align`` backward, the costliest op of
         an R-FCN step on CPU) only sees the kept RoIs. Losses and gradients equal
-        :func:`ohem_loss` on the full set; the outputs hold the kept RoIs only.
+        :func:`ohem_loss` on the full set; the outputs hold the kept RoIs only, marked by an
+        ``ohem_selected`` entry so :meth:`box_loss` does not select again.
         """
         head = self.box_head
         if not (self.training and self.ohem_rois is not None and isinstance(head, PSRoIHead)):
