@@ -263,6 +263,12 @@ def test_ohem_training_step_backprops_the_kept_rois_with_the_full_set_gradients(
         assert torch.allclose(fast_grads[n], g, atol=1e-6, rtol=1e-4), n
 
 
+@pytest.mark.parametrize("kw", [{"box_batch_size": 0}, {"box_positive_fraction": 0.0}])
+def test_bad_second_stage_minibatch_is_a_clear_error(kw):
+    with pytest.raises(ValueError, match="second_stage_batch_size"):
+        FasterRCNN(extractor=ToyExtractor(), num_classes=2, image_size=96, **kw)
+
+
 def test_toy_extractor_two_stage_end_to_end():
     """Any splittable extractor works; crop size comes from the split (17 here)."""
     for arch in (FasterRCNN, RFCN):

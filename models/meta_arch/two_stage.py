@@ -168,6 +168,12 @@ class FasterRCNN(DetectionModel):
         self.rpn_batch_size, self.rpn_positive_fraction = rpn_batch_size, rpn_positive_fraction
         self.rpn_nms_threshold, self.rpn_pre_nms_topk = rpn_nms_threshold, rpn_pre_nms_topk
         self.num_proposals, self.num_proposals_train = int(num_proposals), int(num_proposals_train)
+        if int(box_batch_size) < 1 or not 0.0 < float(box_positive_fraction) <= 1.0:
+            raise ValueError(
+                f"meta_arch.box_batch_size (train.second_stage_batch_size) must be >= 1 and "
+                f"meta_arch.box_positive_fraction in (0, 1]; got {box_batch_size} and "
+                f"{box_positive_fraction}"
+            )
         self.box_batch_size, self.box_positive_fraction = box_batch_size, box_positive_fraction
         self.box_fg_threshold = box_fg_threshold
         self.add_gt_to_proposals = add_gt_to_proposals
