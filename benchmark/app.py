@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.job import run_job
+from benchmark.schema.format import job_line
 
 log = logging.getLogger("detbench")
 MAX_DIR_NAME = 200  # bytes; most file systems allow 255
@@ -46,20 +47,10 @@ def run(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     result = run_job(cfg, hc.runtime.output_dir, progress=bool(cfg.get("progress", True)))
     status = result.get("status")
-    summary = ", ".join(
-        f"{k}={result[k]:.3f}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}"
-        for k in ("map", "map_50", "train_seconds")
-    )
-    log.info(
-        "%s/%s: %s (%s) -> %s",
-        result.get("meta_arch"),
-        result.get("extractor"),
-        status,
-        summary,
-        hc.runtime.output_dir,
-    )
-    if status != "ok":
-        log.error("%s: %s", status, result.get("error"))
+    # The job's last line: accuracy, latency, GMACs, memory (as the schema formats them), or
+    # the reason it failed or was skipped, and where its result.json is.
+    level = {"ok": logging.INFO, "skipped": logging.WARNING}.get(status, logging.ERROR)
+    log.log(level, "%s", job_line(result, hc.runtime.output_dir))
     if hc.mode == RunMode.RUN and status == "failed":
         sys.exit(1)
     return result

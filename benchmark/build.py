@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from models.errors import IncompatibleConfigError
 from models.meta_arch.base import DetectionModel
 
 
@@ -13,6 +14,32 @@ def build_detector(cfg: DictConfig, num_classes: int) -> DetectionModel:
 
     Necks and heads in the meta-architecture config are ``_partial_`` factories: their
     channel counts come from the extractor's ``feature_info`` inside the detector.
+
+    Raises:
+        IncompatibleConfigError: a ``neck=`` choice on a detector that takes no context
+            module (its class says ``takes_neck = False``): the job is recorded as skipped.
     """
+    check_neck(cfg.meta_arch, _neck_choice(cfg))
     extractor = instantiate(cfg.extractor)
     return instantiate(cfg.meta_arch, extractor=extractor, num_classes=num_classes)
+
+
+def check_neck(meta_arch: DictConfig, choice: str | None = None) -> None:
+    """Reject a context module (``top_down``, set by every option of the ``neck`` group) on a
+    detector class whose metadata says it takes none."""
+    cls = get_class(meta_arch._target_)
+    if "top_down" in meta_arch and not getattr(cls, "takes_neck", True):
+        neck = f"neck={choice}" if choice else "a neck (meta_arch.top_down)"
+        raise IncompatibleConfigError(
+            f"{neck} does not apply to {getattr(cls, 'display_name', cls.__name__)}: it takes "
+            "no single-shot context module; drop the neck override for it"
+        )
+
+
+def _neck_choice(cfg: DictConfig) -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("neck")
+    except ValueError:  # not under Hydra (plain compose in tests)
+        return None

@@ -15,24 +15,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from benchmark import schema
 from benchmark.data import build_loader
 from benchmark.device import Device
 
-# Order of COCOeval.stats (pycocotools' summarize()).
-METRIC_KEYS = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
-)
+# The twelve COCOeval.stats, declared in benchmark/schema/keys.py in summarize()'s order.
+METRIC_KEYS = tuple(schema.names(probe="cocoeval"))
 DETECTIONS_FILE = "detections.json"
 
 

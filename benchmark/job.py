@@ -160,6 +160,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_anchors": _num_anchors(model, size),
         "resize_mode": resize_mode,
+        **model.info().result_keys(),  # family, display name, neck, proposals: the report's names
     }
 
     tcfg = cfg.train

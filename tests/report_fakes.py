@@ -11,6 +11,8 @@ import itertools
 import json
 from pathlib import Path
 
+from models.meta_arch.base import import_object
+
 EXTRACTORS = {  # name -> (relative cost, accuracy factor)
     "mobilenet_v1": (1.0, 0.78),
     "inception_v3": (3.2, 0.92),
@@ -25,6 +27,13 @@ META = {
     "rfcn": (1.8, 0.93),
 }
 TWO_STAGE = ("faster_rcnn", "rfcn")
+TARGETS = {  # the classes the sweeps/meta_arch/*.yaml options build
+    "ssd": "models.meta_arch.single_shot.SSD",
+    "dssd": "models.meta_arch.single_shot.DSSD",
+    "refinedet": "models.meta_arch.refinedet.RefineDet",
+    "faster_rcnn": "models.meta_arch.two_stage.FasterRCNN",
+    "rfcn": "models.meta_arch.two_stage.RFCN",
+}
 ENV = {
     "device": "cpu",
     "device_name": "Fake CPU 9000",
@@ -53,14 +62,17 @@ def fake_result(
     m = 0.32 * acc * macc * prop * res_acc * (1.04 if stride == 8 else 1.0)
     latency = 12.0 * cost * mcost * scale * prop_cost * stride_f**3
     config = {
-        "meta_arch": {"_target_": f"models.meta_arch.{meta}"},
+        "meta_arch": {"_target_": TARGETS[meta]},
         "extractor": {"output_stride": stride},
         "train": {"max_iters": 100, "batch_size": 8},
         "bench": {},
     }
     if proposals is not None:
         config["meta_arch"]["num_proposals"] = proposals
+    # What the job records from the model (family, display name, neck, proposals).
+    model_keys = import_object(TARGETS[meta]).config_info(config["meta_arch"]).result_keys()
     return {
+        **model_keys,
         "status": "ok",
         "error": None,
         "meta_arch": meta,

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from report_fakes import ENV, fake_result, make_fake_sweep, write_job
+from report_fakes import ENV, TARGETS, fake_result, make_fake_sweep, write_job
 
 from benchmark.report import (
     FIGURES,
@@ -110,10 +110,14 @@ def test_load_results_flattens_config_and_tolerates_missing_keys(tmp_path):
             "meta_arch": "ssd",
             "extractor": "mobilenet_v1",
             "map": 0.2,
-            "config": {"meta_arch": {"neck": {"depths": [512]}}},
+            "config": {"meta_arch": {"_target_": TARGETS["ssd"], "neck": {"depths": [512]}}},
         },
     )
-    refinenet = {"neck": {}, "top_down": {"_target_": "models.necks.refinenet.RefineNetTopDown"}}
+    refinenet = {
+        "_target_": TARGETS["refinedet"],
+        "neck": {},
+        "top_down": {"_target_": "models.necks.refinenet.RefineNetTopDown"},
+    }
     write_job(
         tmp_path,
         "e",

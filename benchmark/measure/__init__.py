@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from benchmark import schema
 from benchmark.device import Device
 from benchmark.measure.environment import environment
 from benchmark.measure.fastpath import prepare_inference
 from benchmark.measure.flops import count_predict, flop_keys
 from benchmark.measure.latency import load_images, measure_latency, measure_throughput
-from benchmark.measure.memory import KEYS as MEMORY_KEYS
 from benchmark.measure.memory import in_process_peak
 from benchmark.measure.memory_fresh import fresh_process_peaks
 from benchmark.measure.roofline import device_peaks, roofline_keys
@@ -37,23 +37,10 @@ from benchmark.results import write_json_atomic
 __all__ = ["BenchSettings", "measure", "SAMPLES_FILE"]
 log = logging.getLogger(__name__)
 SAMPLES_FILE = "latency_samples.json"
-LATENCY_KEYS = (
-    "latency_ms",
-    "latency_ms_p90",
-    "latency_ms_p99",
-    "latency_ms_mean",
-    "latency_ms_std",
-    "latency_ms_min",
-    "cold_start_ms",
-    "preprocess_ms",
-    "predict_ms",
-    "postprocess_ms",
-    "timing_n",
-    "latency_batch_size",
-    "latency_warmup",
-    "latency_includes_postprocess",
-    "input_size",
-)
+# The measurements whose keys (declared with ``probe=`` in benchmark/schema/keys.py) start
+# null: a disabled or failing one leaves them so.
+PROBES = ("latency", "throughput", "flops", "roofline", "memory")
+LATENCY_KEYS = tuple(schema.names(probe="latency"))
 
 
 def _weights_mb(model: nn.Module) -> float:
@@ -113,12 +100,7 @@ def measure(
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
     out: dict[str, Any] = {
-        **dict.fromkeys(LATENCY_KEYS),
-        "throughput_ips": None,
-        "throughput_batch_size": None,
-        **flop_keys(None),
-        **roofline_keys(None, None, None),
-        **dict.fromkeys(MEMORY_KEYS),
+        **schema.nulls(*PROBES),
         "weights_mb": _weights_mb(model),
         "flops_input_size": None,
         "channels_last": s.channels_last,

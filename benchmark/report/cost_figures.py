@@ -117,7 +117,7 @@ def memory_figure(df: pd.DataFrame) -> Figure | None:
     ax.set_yticks(
         y,
         [
-            f"{meta_arch_name(m)} w/ {extractor_name(e)}"
+            f"{meta_arch_name(m, rows)} w/ {extractor_name(e)}"
             for m, e in zip(stats["meta_arch"], stats["extractor"], strict=True)
         ],
         fontsize=8,

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
+from benchmark import schema
 from benchmark.report.pareto import critical_points, frontier
 from benchmark.report.style import (
     colour_for,
@@ -28,12 +29,8 @@ from benchmark.report.style import (
     use_log_scale,
 )
 from benchmark.report.table import ok_rows
+from benchmark.schema.format import named_value
 
-_TITLES = {
-    "latency_ms": "Accuracy vs time",
-    "gmacs": "Accuracy vs multiply-adds",
-    "peak_mem_mb": "Accuracy vs memory",
-}
 # Tags go where a Pareto frontier guarantees empty space: nothing is cheaper than the fastest
 # point (tag on its left, in a margin kept free by pareto_figure), and nothing cheaper is more
 # accurate than a frontier point (tags above-left of the others).
@@ -43,7 +40,12 @@ _TAG_STYLE = {
     "sweet spot": ((-5, 9), "bottom"),
     "most accurate": ((-5, 9), "bottom"),
 }
-_UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "peak_mem_mb": "MiB"}
+
+
+def _short_name(column: str) -> str:
+    """``AP``, ``latency``: the schema's short name, for titles."""
+    key = schema.KEYS.get(column)
+    return (key.short or column) if key is not None else column
 
 
 def scatter_models(ax, rows: pd.DataFrame, x: str, y: str, *, size: float = 46, **kw) -> None:
@@ -99,7 +101,7 @@ def model_legends(
     ]
     labels = [
         "Meta-architecture",
-        *map(meta_arch_name, metas),
+        *(meta_arch_name(m, rows) for m in metas),
         "",
         "Feature extractor",
         *map(extractor_name, extractors),
@@ -181,8 +183,8 @@ def annotate_critical(ax, key_ax, front: pd.DataFrame, cost: str, accuracy: str)
         lines.append(
             (
                 name.capitalize(),
-                f"{row['label']}: {row[cost]:.4g} {_UNITS.get(cost, cost)}, "
-                f"mAP {row[accuracy]:.3f}",
+                f"{row['label']}: {named_value(cost, row[cost])}, "
+                f"{named_value(accuracy, row[accuracy])}",
             )
         )
     key_ax.axis("off")
@@ -240,7 +242,8 @@ def pareto_figure(
     _left_margin(ax, rows[cost])
     ax.set_xlabel(label(cost))
     ax.set_ylabel(label(accuracy))
-    suptitle(fig, f"{_TITLES.get(cost, cost)} ({len(rows)} configurations)", rows)
+    title = f"{_short_name(accuracy)} vs {_short_name(cost)} ({len(rows)} configurations)"
+    suptitle(fig, title, rows)
     frontier_handle = Line2D([], [], color="0.25", linestyle="--", linewidth=1.2)
     ring = Line2D(
         [],
@@ -280,7 +283,9 @@ def representative(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _short(row: pd.Series, with_neck: bool = False) -> str:
     """Two-line tick label; the neck is added when the table compares context modules."""
-    text = f"{meta_arch_name(row['meta_arch'])}\n{extractor_name(row['extractor'])}"
+    name = row.get("meta_arch_name")
+    text = f"{name if isinstance(name, str) else row['meta_arch']}\n"
+    text += extractor_name(row["extractor"])
     if with_neck and isinstance(row.get("neck"), str):
         text += f"\n({row['neck']})"
     return text

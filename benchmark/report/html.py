@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark import schema
 from benchmark.report.style import device_title
+from benchmark.schema.format import format_value
 
 CAPTIONS = {
     "pareto_latency.png": "Accuracy vs time (Huang et al. Figure 2): marker = meta-architecture, "
@@ -32,56 +34,21 @@ CAPTIONS = {
     "fig10_memory_vs_time.png": "Figure 10: memory vs time.",
     "fig11_map_iou.png": "Figure 11: mAP@.5 and mAP@.75 vs mAP@[.5:.95].",
 }
-TABLE_COLUMNS = [
-    "label",
-    "neck",
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_large",
-    "latency_ms",
-    "latency_ms_p90",
-    "predict_ms",
-    "gmacs",
-    "peak_mem_mb",
-    "train_peak_mem_mb",
-    "params",
-    "num_anchors",
-    "train_iters",
-    "train_seconds",
-    "job",
-]
-ENVIRONMENT_COLUMNS = [
-    "device",
-    "device_name",
-    "cpu_model",
-    "cpu_count",
-    "num_threads",
-    "num_interop_threads",
-    "precision",
-    "torch_version",
-    "torchvision_version",
-    "timm_version",
-    "python_version",
-    "platform",
-    "hostname",
-    "git_sha",
-    "cuda_version",
-    "cudnn_version",
-    "gpu_driver",
-]
-PROTOCOL_COLUMNS = {
-    "latency_batch_size": "latency batch size",
-    "latency_warmup": "warm-up calls before timing",
-    "timing_n": "timed images per configuration",
-    "latency_includes_postprocess": "latency includes postprocess (decode + NMS)",
-    "throughput_batch_size": "throughput batch size",
-    "channels_last": "channels-last memory format",
-    "precision": "precision",
-    "peak_mem_method": "memory measurement",
-    "flops_num_proposals": "proposals when counting two-stage FLOPs",
-}
+
+
+def __getattr__(name: str):
+    """``TABLE_COLUMNS``, ``ENVIRONMENT_COLUMNS``, ``PROTOCOL_COLUMNS``: derived from the
+    schema when asked for (PEP 562), so they always match it."""
+    derived = {
+        "TABLE_COLUMNS": schema.table_columns,
+        "ENVIRONMENT_COLUMNS": lambda: schema.names(group="environment"),
+        "PROTOCOL_COLUMNS": schema.protocol_columns,
+    }
+    if name in derived:
+        return derived[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
@@ -96,18 +63,31 @@ pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em;white-space:p
 """
 
 
+def _cell(column: str, value) -> str:
+    return html.escape(format_value(column, value))
+
+
 def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """An HTML table of ``df``: headers and value formats from the schema (AP in percent, ms
+    with about three digits), each header's tooltip the column's label; columns without a
+    value anywhere are left out."""
     if df.empty:
         return "<p><em>none</em></p>"
     if columns is not None:
         df = df[[c for c in columns if c in df and df[c].notna().any()]]
-    return df.to_html(
-        index=False,
-        border=0,
-        classes="tbl",
-        na_rep="–",
-        escape=True,
-        float_format=lambda v: f"{v:.4g}",
+    head = []
+    for column in df.columns:
+        key = schema.KEYS.get(column)
+        header = key.header if key is not None else column
+        tip = f' title="{html.escape(key.label or key.description)}"' if key is not None else ""
+        head.append(f"<th{tip}>{html.escape(header)}</th>")
+    body = [
+        "<tr>" + "".join(f"<td>{_cell(c, v)}</td>" for c, v in row.items()) + "</tr>"
+        for _, row in df.iterrows()
+    ]
+    return (
+        f'<table class="tbl"><thead><tr>{"".join(head)}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
@@ -159,8 +139,9 @@ def _unique_values(df: pd.DataFrame, columns) -> pd.DataFrame:
 
 
 def _protocol(df: pd.DataFrame) -> str:
-    values = _unique_values(df, PROTOCOL_COLUMNS)
-    values["key"] = values["key"].map(PROTOCOL_COLUMNS)
+    described = schema.protocol_columns()
+    values = _unique_values(df, described)
+    values["key"] = values["key"].map(described)
     text = (
         "<p>Latency: one image per call (batch 1), model in eval mode under "
         "<code>torch.inference_mode()</code>, real validation images at the job's resolution, "
@@ -176,7 +157,14 @@ def _protocol(df: pd.DataFrame) -> str:
 
 
 def render_html(
-    df: pd.DataFrame, frontier: pd.DataFrame, figures: dict[str, Path], *, title: str, source: str
+    df: pd.DataFrame,
+    frontier: pd.DataFrame,
+    figures: dict[str, Path],
+    *,
+    title: str,
+    source: str,
+    accuracy: str = "map",
+    selection: str = "",
 ) -> str:
     """The report page as a string.
 
@@ -186,33 +174,38 @@ def render_html(
         figures: PNG name -> path, embedded in this order.
         title: page heading (the sweep name).
         source: the sweep folder, shown for reference.
+        accuracy: the accuracy column the frontiers maximize.
+        selection: how the rows were chosen (``detbench-report --where``), shown when set.
     """
+    costs = list(dict.fromkeys(frontier["cost_column"])) if "cost_column" in frontier else []
+    front_columns = ["axis", "critical", "label", "neck", accuracy, *costs, "job"]
     counts = df["status"].value_counts() if not df.empty else pd.Series(dtype=int)
     count_html = "".join(
         f'<span class="{s}">{int(counts.get(s, 0))} {s}</span>' for s in ("ok", "skipped", "failed")
     )
     critical = frontier[frontier["critical"] != ""] if not frontier.empty else frontier
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    selected = f" Rows: {html.escape(selection)}." if selection else ""
     device = html.escape(device_title(df[df["status"] == "ok"])) if not df.empty else "–"
     body = f"""
 <h1>detbench: {html.escape(title)}</h1>
 <p class="meta">{len(df)} jobs in <code>{html.escape(source)}</code>, report written {now}.
-Device: {device}.</p>
+Device: {device}.{selected}</p>
 <p class="counts">{count_html}</p>
 <h2>Critical points of the frontiers</h2>
 <p>Fastest (cheapest), sweet spot (elbow) and most accurate Pareto-optimal configurations per cost
-(Huang et al. 2017 Table 3).</p>
-{_table(critical, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
+(Huang et al. 2017 Table 3), maximizing {html.escape(schema.label(accuracy))}.</p>
+{_table(critical, front_columns)}
 <h2>Figures</h2>
 {_figures(figures)}
 <h2>Pareto frontiers</h2>
-{_table(frontier, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
+{_table(frontier, front_columns)}
 <h2>All configurations</h2>
-{_table(df[df["status"] == "ok"] if not df.empty else df, TABLE_COLUMNS)}
+{_table(df[df["status"] == "ok"] if not df.empty else df, schema.table_columns())}
 <h2>Failed and skipped jobs</h2>
 {_problems(df) if not df.empty else "<p><em>no jobs</em></p>"}
 <h2>Device and software</h2>
-{_table(_unique_values(df, ENVIRONMENT_COLUMNS)) if not df.empty else ""}
+{_table(_unique_values(df, schema.names(group="environment"))) if not df.empty else ""}
 <h2>Timing protocol</h2>
 {_protocol(df) if not df.empty else ""}
 <h2>Files</h2>

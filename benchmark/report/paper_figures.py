@@ -15,7 +15,6 @@ from matplotlib.patches import Patch
 
 from benchmark.report import figures as fg
 from benchmark.report.style import (
-    TWO_STAGE,
     colour_for,
     device_title,
     extractor_name,
@@ -46,7 +45,7 @@ def top1_figure(df: pd.DataFrame) -> Figure | None:
             xs = np.linspace(group["top1"].min(), group["top1"].max(), 10)
             ax.plot(xs, slope * xs + intercept, color="0.4", lw=0.9, ls=":", zorder=2)
             ax.annotate(
-                meta_arch_name(meta),
+                meta_arch_name(meta, rows),
                 (xs[-1], slope * xs[-1] + intercept),
                 fontsize=7.5,
                 xytext=(4, 0),
@@ -102,7 +101,7 @@ def object_size_figure(df: pd.DataFrame) -> Figure | None:
         if group["neck"].nunique() > 1:  # a neck sweep: name each bar's neck
             names = [f"{n}\n({k})" for n, k in zip(names, group["neck"], strict=True)]
         ax.set_xticks(x, names, fontsize=8, rotation=30, ha="right", rotation_mode="anchor")
-        ax.set_title(meta_arch_name(meta))
+        ax.set_title(meta_arch_name(meta, rows))
         ax.grid(axis="x", visible=False)
     for ax in axes[len(metas) :]:
         ax.set_visible(False)
@@ -170,7 +169,7 @@ def resolution_figure(df: pd.DataFrame) -> Figure | None:
             color="0.55",
             markeredgecolor="black",
             markeredgewidth=0.5,
-            label=meta_arch_name(m),
+            label=meta_arch_name(m, rows),
         )
         for m in metas
     ]
@@ -186,11 +185,11 @@ def resolution_figure(df: pd.DataFrame) -> Figure | None:
 def proposals_figure(df: pd.DataFrame) -> Figure | None:
     """Figure 6: mAP (solid) and latency (dotted) vs the number of proposals, two-stage only."""
     rows = ok_rows(df, "num_proposals", "map")
-    rows = rows[rows["meta_arch"].isin(TWO_STAGE)]
+    rows = rows[rows["uses_proposals"].eq(True)]  # the models say whether proposals apply
     if rows.empty or rows["num_proposals"].nunique() < 2:
         return None
     rows = rows[rows["image_size"] == rows["image_size"].max()]  # the paper: high resolution
-    metas = [m for m in TWO_STAGE if m in set(rows["meta_arch"])]
+    metas = sorted(rows["meta_arch"].unique(), key=meta_arch_order)
     fig = Figure(figsize=(5.2 * len(metas) + 1.8, 4.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(metas), squeeze=False)[0])
     for ax, meta in zip(axes, metas, strict=True):
@@ -212,7 +211,7 @@ def proposals_figure(df: pd.DataFrame) -> Figure | None:
         twin.set_ylabel("Latency per image (ms, median, dotted)")
         twin.grid(False)
         twin.spines["right"].set_visible(True)
-        ax.set_title(f"{meta_arch_name(meta)}, {int(rows['image_size'].max())} px")
+        ax.set_title(f"{meta_arch_name(meta, rows)}, {int(rows['image_size'].max())} px")
     handles = [
         Line2D([], [], color=colour_for(e), marker="o", label=extractor_name(e))
         for e in sorted(rows["extractor"].unique(), key=extractor_name)

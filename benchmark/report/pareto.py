@@ -11,8 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# Cost axes of the frontier table and figures: column -> short name used in file names.
-COST_AXES = {"latency_ms": "latency", "gmacs": "gmacs", "peak_mem_mb": "memory"}
+from benchmark.schema import cost_axes
+
+# Default cost axes of the frontier table and figures: column -> short name used in file
+# names; declared in benchmark/schema/keys.py (``axis=``).
+COST_AXES = cost_axes()
 CRITICAL = ("fastest", "cheapest", "sweet spot", "most accurate")
 
 
@@ -106,14 +109,15 @@ def frontier_table(
     Args:
         df: the results table (:func:`benchmark.report.table.load_results`).
         accuracy: the accuracy column to maximize.
-        axes: cost column -> axis name; default :data:`COST_AXES`.
+        axes: cost column -> axis name; default :func:`benchmark.schema.cost_axes`.
 
     Returns:
         Frontier rows of every axis, cheapest first within an axis, with the identifying
         columns first; empty (with those columns) when nothing is plottable.
     """
+    axes = axes or cost_axes()
     parts = []
-    for cost, name in (axes or COST_AXES).items():
+    for cost, name in axes.items():
         if cost not in df or accuracy not in df:
             continue
         front = frontier(df, cost, accuracy)
@@ -134,7 +138,7 @@ def frontier_table(
         "output_stride",
         "neck",
         accuracy,
-        *(axes or COST_AXES),
+        *axes,
         "job",
     ]
     if not parts:

@@ -14,13 +14,8 @@ import math
 import matplotlib
 import pandas as pd
 
-META_ARCH_NAMES = {
-    "ssd": "SSD",
-    "dssd": "DSSD",
-    "refinedet": "RefineDet",
-    "faster_rcnn": "Faster R-CNN",
-    "rfcn": "R-FCN",
-}
+from benchmark import schema
+
 # Colour slots in this order: the first ten get tab10's distinct colours. The paper's six
 # extractors first (efficientnet_b0 stands in for Inception v2 in the paper preset), then
 # the CPU-friendly ones the quick and focused sweeps use.
@@ -39,39 +34,25 @@ EXTRACTOR_NAMES = {
     "resnet50": "ResNet-50",
     "inception_v2": "Inception v2",
 }
-TWO_STAGE = ("faster_rcnn", "rfcn")
+# Marker shapes of the paper's meta-architectures, in the paper's order (which legends keep).
 _MARKERS = {"ssd": "o", "dssd": "D", "refinedet": "s", "faster_rcnn": "^", "rfcn": "v"}
 _SPARE_MARKERS = ("P", "X", "*", "h", "p", "<", ">")
 
-# Axis labels carry the unit and what exactly was measured (docs/measurement.md).
-LABELS = {
-    "map": "mAP@[.5:.95] (COCO)",
-    "map_50": "mAP@.5 (COCO)",
-    "map_75": "mAP@.75 (COCO)",
-    "map_small": "mAP, small objects",
-    "map_medium": "mAP, medium objects",
-    "map_large": "mAP, large objects",
-    "latency_ms": "Latency per image, batch 1, end to end (ms, median)",
-    "predict_ms": "Network time per image, batch 1 (ms, median)",
-    "gmacs": "Multiply-adds per image (GMACs)",
-    "peak_mem_mb": "Peak inference memory, batch 1 (MiB)",
-    "train_peak_mem_mb": "Peak training-step memory (MiB)",
-    "params": "Parameters",
-    "top1": "Extractor ImageNet top-1 accuracy (%)",
-    "image_size": "Input resolution (px)",
-    "num_proposals": "Number of proposals (test time)",
-    "throughput_ips": "Throughput (images/s)",
-}
 
-
-def meta_arch_name(key: str) -> str:
-    """Display name of a meta-architecture option (``faster_rcnn`` -> ``Faster R-CNN``)."""
-    return META_ARCH_NAMES.get(str(key), str(key))
+def meta_arch_name(key: str, rows: pd.DataFrame | None = None) -> str:
+    """Display name of a meta-architecture option (``faster_rcnn`` -> ``Faster R-CNN``), as
+    its model class declares it (the ``meta_arch_name`` column of ``rows``); the option
+    itself when ``rows`` does not say."""
+    if rows is not None and "meta_arch_name" in rows and "meta_arch" in rows:
+        names = rows.loc[rows["meta_arch"] == key, "meta_arch_name"].dropna().unique()
+        if len(names):
+            return " / ".join(map(str, names))
+    return str(key)
 
 
 def meta_arch_order(key: str) -> tuple[int, str]:
     """Sort key: the paper's order (SSD, DSSD, RefineDet, Faster R-CNN, R-FCN), then by name."""
-    names = list(META_ARCH_NAMES)
+    names = list(_MARKERS)
     return (names.index(key) if key in names else len(names), str(key))
 
 
@@ -99,8 +80,8 @@ def colour_for(extractor: str) -> tuple[float, float, float, float]:
 
 
 def label(column: str) -> str:
-    """Axis label with unit for a results column (the column name when unknown)."""
-    return LABELS.get(column, column)
+    """Axis label with unit for a results column, from the schema (the name when unknown)."""
+    return schema.label(column)
 
 
 def device_title(df: pd.DataFrame) -> str:

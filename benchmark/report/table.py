@@ -1,104 +1,37 @@
 """Every ``result.json`` under a sweep folder as one pandas table, one row per job.
 
-A result is flat JSON (``results/README.md`` lists its keys). The table keeps its scalar keys,
-lifts the few config values a sweep varies that are not top-level keys (``num_proposals``,
-``output_stride``, ``neck``, training length) into columns, and adds derived columns used by
-the figures (``label``, ``top1``, ``family``). Missing keys become NaN, so results written
-before a measurement existed still load.
+A result is flat JSON; every key is declared in :mod:`benchmark.schema` (``results/README.md``
+lists them). The table keeps the scalar keys, has a column for every declared scalar key
+(NaN where a result lacks it, so results written before a measurement existed still load),
+reads the declared config values that are not top-level keys (training length,
+``output_stride`` of older results...) from the resolved config, and adds the derived
+columns the figures use (``label``, ``top1``). Names and families come from the model
+metadata each job records (``family``, ``meta_arch_name``, ``neck``...); for results written
+before jobs recorded it, from the model class named in the result's config.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmark import schema
 from benchmark.report.imagenet import imagenet_top1
-from benchmark.report.style import TWO_STAGE, extractor_name, meta_arch_name
+from benchmark.report.style import extractor_name
 from benchmark.results import RESULT_FILE
 
 log = logging.getLogger(__name__)
 
-# Column order of results.csv: identity first, then accuracy, then cost, then everything else.
-ID_COLUMNS = [
-    "job",
-    "status",
-    "error",
-    "meta_arch",
-    "extractor",
-    "neck",
-    "image_size",
-    "num_proposals",
-    "output_stride",
-    "dataset",
-    "label",
-]
-ACCURACY_COLUMNS = [
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
-]
-COST_COLUMNS = [
-    "latency_ms",
-    "latency_ms_p90",
-    "latency_ms_p99",
-    "latency_ms_std",
-    "cold_start_ms",
-    "preprocess_ms",
-    "predict_ms",
-    "postprocess_ms",
-    "throughput_ips",
-    "gmacs",
-    "peak_mem_mb",
-    "train_peak_mem_mb",
-    "params",
-    "params_trainable",
-    "num_anchors",
-    "achieved_gflops",
-    "peak_fraction",
-]
-NUMERIC_COLUMNS = [
-    "image_size",
-    "num_proposals",
-    "output_stride",
-    "num_classes",
-    "train_iters",
-    "train_seconds",
-    "final_loss",
-    "job_seconds",
-    "timing_n",
-    "num_threads",
-    *ACCURACY_COLUMNS,
-    *COST_COLUMNS,
-]
-# Config values lifted into columns: (column, path in the resolved config).
-CONFIG_COLUMNS = [
-    ("num_proposals", "meta_arch.num_proposals"),
-    ("output_stride", "extractor.output_stride"),
-    ("model_name", "extractor.model_name"),
-    ("pretrained", "extractor.pretrained"),
-    ("frozen_bn", "extractor.frozen_bn"),
-    ("max_iters", "train.max_iters"),
-    ("batch_size", "train.batch_size"),
-    ("lr", "train.optimizer.lr"),
-    ("num_train", "data.num_train"),
-    ("num_val", "data.num_val"),
-]
 # COCO's summarize() writes -1 for "no ground truth of this kind": not a score.
 _COCO_ABSENT = -1.0
+# Keys every job records from its model (models.meta_arch.base.ModelInfo.result_keys).
+MODEL_KEYS = ("family", "meta_arch_name", "uses_proposals", "neck", "num_proposals")
 
 
 def find_results(sweep_dir: str | Path) -> list[Path]:
@@ -139,30 +72,25 @@ def _lookup(tree: Any, dotted: str) -> Any:
     return tree
 
 
-# Context modules (the ``neck=`` group, sweeps/neck/) by the class of ``meta_arch.top_down``.
-_TOP_DOWN_NAMES = {"DSSDDecoder": "dssd", "TCBTopDown": "tcb", "RefineNetTopDown": "refinenet"}
+@cache
+def _model_class(target: str):
+    from models.meta_arch.base import import_object  # torch only for results that need it
+
+    return import_object(target)
 
 
-def _neck(record: dict[str, Any]) -> str | None:
-    """The single-shot context module as the ``neck=`` option names it, from the config.
-
-    ``dssd`` / ``tcb`` / ``refinenet`` for a top-down module; ``ssd_extra`` for extra layers
-    only (plain SSD); ``none`` without extra layers either; None for two-stage detectors.
-    Read from the resolved config rather than Hydra's choices, so a detector's default
-    (``meta_arch=refinedet`` selects ``neck/refinedet.yaml``, i.e. TCBs) gets the same name
-    as the explicit ``neck=tcb``.
-    """
-    meta = (record.get("config") or {}).get("meta_arch") or {}
-    if not isinstance(meta, dict) or ("neck" not in meta and "top_down" not in meta):
-        return None
-    top_down = meta.get("top_down")
-    if isinstance(top_down, dict) and "_target_" in top_down:
-        name = str(top_down["_target_"]).rsplit(".", 1)[-1]
-        return _TOP_DOWN_NAMES.get(name, name)
-    neck = meta.get("neck")
-    if isinstance(neck, dict) and neck.get("depths") == []:
-        return "none"
-    return "ssd_extra"
+def model_metadata(record: dict[str, Any]) -> dict[str, Any]:
+    """The model keys (:data:`MODEL_KEYS`) of a result written before jobs recorded them,
+    asked from the model class its config names (``config_info``); {} when there is none."""
+    meta = (record.get("config") or {}).get("meta_arch")
+    if not isinstance(meta, dict) or "_target_" not in meta:
+        return {}
+    try:
+        info = _model_class(str(meta["_target_"])).config_info(meta)
+    except Exception as e:  # an old or foreign class: the row still loads, unlabelled
+        log.debug("no model metadata for %s: %s", meta["_target_"], e)
+        return {}
+    return {k: v for k, v in info.result_keys().items() if k in MODEL_KEYS}
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:
@@ -174,21 +102,25 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, list) and all(isinstance(v, int | float) for v in value):
             row[key] = "x".join(str(v) for v in value)  # e.g. input_size [128, 128] -> 128x128
     config = record.get("config") or {}
-    for column, dotted in CONFIG_COLUMNS:
+    if "family" not in record:  # written before jobs recorded their model's metadata
+        for key, value in model_metadata(record).items():
+            row.setdefault(key, value)
+    for column, dotted in schema.config_columns():
         value = _lookup(config, dotted)
         if isinstance(value, str | int | float | bool) or value is None:
             row.setdefault(column, value)
-    row["neck"] = _neck(record)
     return row
 
 
 def _label(row: pd.Series) -> str:
     """``SSD w/ ResNet-18, 128 px`` plus the knobs that distinguish it (proposals, stride)."""
-    text = f"{meta_arch_name(row['meta_arch'])} w/ {extractor_name(row['extractor'])}"
+    name = row.get("meta_arch_name")
+    text = f"{name if isinstance(name, str) else row['meta_arch']} w/ "
+    text += extractor_name(row["extractor"])
     extras = []
     if pd.notna(row.get("image_size")):
         extras.append(f"{int(row['image_size'])} px")
-    if row.get("meta_arch") in TWO_STAGE and pd.notna(row.get("num_proposals")):
+    if pd.notna(row.get("num_proposals")):
         extras.append(f"{int(row['num_proposals'])} prop.")
     if pd.notna(row.get("output_stride")) and int(row["output_stride"]) == 8:
         extras.append("stride 8")
@@ -198,20 +130,22 @@ def _label(row: pd.Series) -> str:
 def results_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per job, with numeric columns as floats (NaN when missing) and derived columns."""
     df = pd.DataFrame([_flat(r) for r in records])
-    for column in (*ID_COLUMNS, *NUMERIC_COLUMNS):
-        if column not in df:
-            df[column] = np.nan if column in NUMERIC_COLUMNS else None
-    for column in NUMERIC_COLUMNS:
-        df[column] = pd.to_numeric(df[column], errors="coerce")
-    for column in ACCURACY_COLUMNS:
+    numeric = schema.numeric_columns()
+    declared = [k.name for k in schema.KEYS.values() if k.scalar and k.where != "frontier"]
+    df = df.reindex(columns=[*df.columns, *(c for c in declared if c not in df)])
+    # One block of converted columns rather than ~100 single inserts (pandas fragments).
+    converted = df[numeric].apply(pd.to_numeric, errors="coerce")
+    df = pd.concat([df.drop(columns=numeric), converted], axis=1)
+    for column in schema.names(probe="cocoeval"):
         df.loc[df[column] == _COCO_ABSENT, column] = np.nan
-    df = df.astype({"meta_arch": object, "extractor": object, "status": object})
+    df = df.astype({c: object for c in ("meta_arch", "extractor", "status", "family", "neck")})
     df["meta_arch"] = df["meta_arch"].fillna("unknown")
     df["extractor"] = df["extractor"].fillna("unknown")
     df["status"] = df["status"].fillna("failed")
-    # Single-shot detectors have no proposals: leave NaN rather than a misleading number.
-    df.loc[~df["meta_arch"].isin(TWO_STAGE), "num_proposals"] = np.nan
-    df["family"] = np.where(df["meta_arch"].isin(TWO_STAGE), "two-stage", "single-shot")
+    df["family"] = df["family"].fillna("unknown")
+    # Detectors without proposals: NaN rather than a misleading number from the config.
+    proposals = df["uses_proposals"].map(lambda v: isinstance(v, bool | np.bool_) and bool(v))
+    df.loc[~proposals.astype(bool), "num_proposals"] = np.nan
     df["label"] = df.apply(_label, axis=1) if len(df) else pd.Series(dtype=object)
     top1 = [
         imagenet_top1(e, m if isinstance(m, str) else None)
@@ -219,8 +153,8 @@ def results_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     ]
     df["top1"] = pd.to_numeric(pd.Series([t for t, _ in top1], index=df.index, dtype=object))
     df["top1_source"] = [s for _, s in top1]
-    ordered = [c for c in (*ID_COLUMNS, "family", *ACCURACY_COLUMNS, *COST_COLUMNS) if c in df]
-    df = df[ordered + [c for c in df.columns if c not in ordered]]
+    ordered = [c for c in schema.KEYS if c in df]
+    df = df[ordered + [c for c in df.columns if c not in ordered]].copy()
     sort = ["meta_arch", "extractor", "image_size", "num_proposals", "output_stride", "job"]
     return df.sort_values(sort, na_position="first", kind="stable").reset_index(drop=True)
 

@@ -16,25 +16,48 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from benchmark import schema
 from benchmark.report import cost_figures as cf
 from benchmark.report import paper_figures as pf
 from benchmark.report.figures import pareto_figure
 from benchmark.report.html import render_html
-from benchmark.report.pareto import COST_AXES, frontier_table
+from benchmark.report.pareto import frontier_table
+from benchmark.report.select import SelectionError, check_choices, select_rows
 from benchmark.report.style import RC
 from benchmark.report.table import load_results
+
+__all__ = ["FIGURES", "ReportSummary", "SelectionError", "save_figures", "write_report"]
 
 FigureFn = Callable[[pd.DataFrame], Figure | None]
 
 
-def _pareto(cost: str) -> FigureFn:
-    return lambda df: pareto_figure(df, cost)
+def _pareto(cost: str, accuracy: str) -> FigureFn:
+    return lambda df: pareto_figure(df, cost, accuracy)
 
 
-# File name -> figure function, in report order. A function returns None when the sweep did
-# not vary its axis (e.g. the resolution figure needs two resolutions); no file is written.
-FIGURES: dict[str, FigureFn] = {
-    **{f"pareto_{name}.png": _pareto(cost) for cost, name in COST_AXES.items()},
+def axis_names(costs: list[str] | None = None) -> dict[str, str]:
+    """Cost column -> axis name (``pareto_<axis>.png``): the schema's default frontiers, or
+    the given costs (named by their declared axis, else by the column)."""
+    if costs is None:
+        return schema.cost_axes()
+    return {c: schema.KEYS[c].axis or c if c in schema.KEYS else c for c in costs}
+
+
+def figure_functions(accuracy: str = "map", costs: list[str] | None = None) -> dict[str, FigureFn]:
+    """File name -> figure function, in report order, for frontiers of ``accuracy`` against
+    ``costs`` (default: the schema's cost axes)."""
+    return {
+        **{
+            f"pareto_{name}.png": _pareto(cost, accuracy)
+            for cost, name in axis_names(costs).items()
+        },
+        **PAPER_FIGURES,
+    }
+
+
+# The paper's analysis figures. A function returns None when the sweep did not vary its axis
+# (e.g. the resolution figure needs two resolutions); no file is written.
+PAPER_FIGURES: dict[str, FigureFn] = {
     "fig03_top1.png": pf.top1_figure,
     "fig04_object_size.png": pf.object_size_figure,
     "fig05_resolution.png": pf.resolution_figure,
@@ -45,6 +68,8 @@ FIGURES: dict[str, FigureFn] = {
     "fig10_memory_vs_time.png": cf.memory_vs_time_figure,
     "fig11_map_iou.png": pf.map_iou_figure,
 }
+# The default report's figures, in report order.
+FIGURES: dict[str, FigureFn] = figure_functions()
 
 
 @dataclass
@@ -74,16 +99,23 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_figures(df: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """Write every applicable figure as PNG into ``out_dir``; returns name -> path.
+def save_figures(
+    df: pd.DataFrame, out_dir: str | Path, figures: dict[str, FigureFn] | None = None
+) -> dict[str, Path]:
+    """Write every applicable figure of ``figures`` (default :data:`FIGURES`) as PNG into
+    ``out_dir``; returns name -> path.
 
-    Figures of an earlier report that no longer apply are removed, so a folder never shows a
-    stale plot next to a new table.
+    Figures of an earlier report that no longer apply are removed (also frontiers of cost
+    axes not drawn this time), so a folder never shows a stale plot next to a new table.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures = FIGURES if figures is None else figures
+    for stale in out_dir.glob("pareto_*.png"):
+        if stale.name not in figures:
+            stale.unlink(missing_ok=True)
     written = {}
-    for name, make in FIGURES.items():
+    for name, make in figures.items():
         path = out_dir / name
         fig = make(df)
         if fig is None:
@@ -94,18 +126,38 @@ def save_figures(df: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     return written
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> ReportSummary:
+def write_report(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    accuracy: str = "map",
+    costs: list[str] | None = None,
+    where: list[str] | None = None,
+) -> ReportSummary:
     """Aggregate ``sweep_dir`` and write the report files into ``out_dir`` (default: it).
+
+    Args:
+        sweep_dir: the sweep folder (every result.json under it).
+        out_dir: where the files go (default: ``sweep_dir``).
+        accuracy: the accuracy the frontiers maximize (:func:`benchmark.schema.accuracy_metrics`).
+        costs: the cost columns to draw frontiers against (default: the schema's axes).
+        where: row filters ``column=value[,value...]`` (:func:`select_rows`).
 
     Returns:
         The counts by status and the written files (``results.csv``, ``frontier.csv``, the
         PNGs and ``report.html``).
+
+    Raises:
+        SelectionError: an unknown metric, cost or column, or a malformed filter; nothing
+            is written then.
     """
+    check_choices(accuracy, costs)
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     df = load_results(sweep_dir)
-    front = frontier_table(df)
+    df, selection = select_rows(df, where or [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    front = frontier_table(df, accuracy, axis_names(costs))
     files = {"results.csv": out_dir / "results.csv", "frontier.csv": out_dir / "frontier.csv"}
     _write_text(
         files["results.csv"], df.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
@@ -113,9 +165,17 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     _write_text(
         files["frontier.csv"], front.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
     )
-    figures = save_figures(df, out_dir)
+    figures = save_figures(df, out_dir, figure_functions(accuracy, costs))
     files.update(figures)
-    page = render_html(df, front, figures, title=sweep_dir.resolve().name, source=str(sweep_dir))
+    page = render_html(
+        df,
+        front,
+        figures,
+        title=sweep_dir.resolve().name,
+        source=str(sweep_dir),
+        accuracy=accuracy,
+        selection=selection,
+    )
     files["report.html"] = out_dir / "report.html"
     _write_text(files["report.html"], page)
     counts = {str(k): int(v) for k, v in df["status"].value_counts().items()} if len(df) else {}

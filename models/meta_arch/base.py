@@ -20,7 +20,11 @@ background class add it internally at index 0 and shift back in ``postprocess``.
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,17 +48,113 @@ class ImageBatch(NamedTuple):
     image_sizes: list[tuple[int, int]]
 
 
+FAMILIES = ("single-shot", "two-stage")
+
+
+def import_object(dotted: str) -> Any:
+    """``"models.necks.tcb.TCBTopDown"`` -> the class (``_target_`` strings of configs)."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a detector says about itself, recorded in every result (``benchmark.job``).
+
+    The report reads these instead of keeping lists of names, so a new meta-architecture
+    (or a torchvision detector of either family) is labelled right without touching it.
+
+    Attributes:
+        family: ``"single-shot"`` or ``"two-stage"`` (Huang et al. 2017 section 2).
+        display_name: the paper's name (``Faster R-CNN``), for labels and legends.
+        resize_mode: ``"square"`` or ``"shorter_side"`` (see :class:`DetectionModel`).
+        proposals: whether a number of proposals applies (``num_proposals``).
+        takes_neck: whether the single-shot context modules (the ``neck`` config group,
+            ``top_down``) apply; a detector without them rejects a ``neck=`` choice.
+        neck: the context module this instance runs (``none``, ``ssd_extra``, ``dssd``,
+            ``tcb``, ``refinenet``...); None when ``takes_neck`` is False or not known yet.
+        num_proposals: test-time proposals per image of this instance (None without).
+    """
+
+    family: str
+    display_name: str
+    resize_mode: str
+    proposals: bool
+    takes_neck: bool
+    neck: str | None = None
+    num_proposals: int | None = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+
+    def result_keys(self) -> dict[str, Any]:
+        """The ``result.json`` keys (declared in ``benchmark.schema``)."""
+        return {
+            "family": self.family,
+            "meta_arch_name": self.display_name,
+            "resize_mode": self.resize_mode,
+            "uses_proposals": self.proposals,
+            "neck": self.neck,
+            "num_proposals": self.num_proposals,
+        }
+
+
 class DetectionModel(nn.Module):
     """Base detector.
 
-    Attributes:
+    Class attributes (the detector's metadata, see :class:`ModelInfo`; a subclass sets the
+    ones that differ):
+        family: ``"single-shot"`` or ``"two-stage"``.
+        display_name: the name in papers and plots.
         resize_mode: how the data pipeline must resize for this family: ``"square"``
             (fixed M x M, the single-shot family) or ``"shorter_side"`` (shorter side M,
             longer side capped, the two-stage family; Huang et al. 2017 section 3.3).
+        proposals: whether ``num_proposals`` applies.
+        takes_neck: whether a single-shot context module (``top_down``) can be chosen.
+
+    Attributes:
         size_divisible: batches are padded to a multiple of this (the extractor's stride).
     """
 
+    family: ClassVar[str] = "single-shot"
+    display_name: ClassVar[str] = "detector"
     resize_mode: ClassVar[str] = "square"
+    proposals: ClassVar[bool] = False
+    takes_neck: ClassVar[bool] = False
+
+    @classmethod
+    def class_info(cls) -> ModelInfo:
+        """The metadata every instance of this class shares (known before building one)."""
+        return ModelInfo(
+            family=cls.family,
+            display_name=cls.display_name,
+            resize_mode=cls.resize_mode,
+            proposals=cls.proposals,
+            takes_neck=cls.takes_neck,
+        )
+
+    def info(self) -> ModelInfo:
+        """This instance's metadata: :meth:`class_info` plus its neck and proposals."""
+        base = self.class_info()
+        num = getattr(self, "num_proposals", None) if base.proposals else None
+        return dataclasses.replace(
+            base, neck=self.neck_name(), num_proposals=None if num is None else int(num)
+        )
+
+    def neck_name(self) -> str | None:
+        """The context module this instance runs; None for detectors without one."""
+        return None
+
+    @classmethod
+    def config_info(cls, config: Mapping[str, Any]) -> ModelInfo:
+        """The metadata from constructor arguments alone (a resolved ``meta_arch`` config),
+        without building: the report's fallback for results written before jobs recorded
+        :meth:`info`."""
+        num = config.get("num_proposals") if cls.proposals else None
+        return dataclasses.replace(
+            cls.class_info(), num_proposals=None if num is None else int(num)
+        )
 
     def __init__(self, *, extractor: FeatureExtractor, num_classes: int, size_divisible: int = 1):
         super().__init__()

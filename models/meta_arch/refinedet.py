@@ -72,6 +72,8 @@ class RefineDet(SSD):
         head_kernel_size: kernel of the ARM and ODM prediction convs (3).
     """
 
+    display_name = "RefineDet"
+
     def __init__(
         self,
         *,

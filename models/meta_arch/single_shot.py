@@ -30,8 +30,11 @@ run with any context module (the ``neck=`` config group).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +47,7 @@ from models.heads.dssd_head import DSSDHead
 from models.heads.ssd_head import SSDHead
 from models.losses import multibox_loss
 from models.matching import argmax_match
-from models.meta_arch.base import DetectionModel, Detections, Target
+from models.meta_arch.base import DetectionModel, Detections, ModelInfo, Target, import_object
 from models.necks.dssd import DSSDDecoder
 from models.necks.residual_extra import ResidualExtraLayers
 from models.necks.ssd_extra import SSDExtraLayers, feature_sizes
@@ -118,7 +121,9 @@ class SSD(DetectionModel):
         head_kernel_size: 3 (Liu et al.).
     """
 
+    display_name = "SSD"
     resize_mode = "square"
+    takes_neck = True
 
     def __init__(
         self,
@@ -165,6 +170,31 @@ class SSD(DetectionModel):
         self.nms_threshold = nms_threshold
         self.pre_nms_topk = pre_nms_topk
         self.max_detections = max_detections
+
+    def neck_name(self) -> str:
+        """The context module as the ``neck`` config group names it: the top-down module's
+        ``neck_name`` (``dssd``, ``tcb``, ``refinenet``), else ``ssd_extra`` (extra layers
+        only) or ``none`` (the extractor maps alone)."""
+        if self.top_down is not None:
+            return getattr(self.top_down, "neck_name", type(self.top_down).__name__)
+        return "ssd_extra" if len(getattr(self.neck, "extras", ())) else "none"
+
+    @classmethod
+    def config_info(cls, config: Mapping[str, Any]) -> ModelInfo:
+        """As :meth:`neck_name` would say, from the config's ``top_down`` and ``neck``."""
+        if "top_down" in config:
+            top_down = config["top_down"]
+        else:  # the constructor's default (RefineDet: TCBs)
+            top_down = inspect.signature(cls.__init__).parameters["top_down"].default
+        if isinstance(top_down, Mapping) and "_target_" in top_down:
+            top_down = import_object(str(top_down["_target_"]))
+        if top_down is not None:
+            neck = getattr(top_down, "neck_name", getattr(top_down, "__name__", str(top_down)))
+        else:
+            bottom_up = config.get("neck")
+            depths = bottom_up.get("depths") if isinstance(bottom_up, Mapping) else None
+            neck = "none" if depths is not None and len(depths) == 0 else "ssd_extra"
+        return dataclasses.replace(super().config_info(config), neck=neck)
 
     @property
     def prediction_info(self) -> list[FeatureInfo]:
@@ -346,6 +376,8 @@ class DSSD(SSD):
         * The two stages are two jobs (config ``meta_arch.init_checkpoint`` /
           ``meta_arch.freeze_ssd``), not one schedule, so each stays one configuration.
     """
+
+    display_name = "DSSD"
 
     def __init__(
         self,

@@ -26,8 +26,11 @@ How they are made comparable:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -40,9 +43,16 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
 from models.errors import IncompatibleConfigError
-from models.meta_arch.base import DetectionModel, Detections, Target
+from models.meta_arch.base import DetectionModel, Detections, ModelInfo, Target
 
-_FAMILIES = {tvd.FasterRCNN: "rcnn", RetinaNet: "retinanet", FCOS: "fcos", SSD: "ssd"}
+# torchvision detector class -> (how this wrapper drives it, display name). R-CNN is the
+# two-stage family (an RPN, then RoI heads on its proposals); the others are single-shot.
+_KINDS = {
+    tvd.FasterRCNN: ("rcnn", "Faster R-CNN"),
+    RetinaNet: ("retinanet", "RetinaNet"),
+    FCOS: ("fcos", "FCOS"),
+    SSD: ("ssd", "SSD"),
+}
 
 
 def backbone_name(builder: str) -> str:
@@ -51,16 +61,42 @@ def backbone_name(builder: str) -> str:
     return re.sub(r"^(fasterrcnn|retinanet|fcos|ssdlite\d*|ssd\d*)_", "", builder)
 
 
-def _family(model: nn.Module) -> str:
-    if isinstance(model, tvd.MaskRCNN | tvd.KeypointRCNN):
+def _kind(model_class: type) -> tuple[str, str]:
+    """``(kind, display name)`` of a torchvision detector class (``("rcnn", "Faster R-CNN")``)."""
+    if issubclass(model_class, tvd.MaskRCNN | tvd.KeypointRCNN):
         raise IncompatibleConfigError(
-            f"{type(model).__name__} needs mask/keypoint targets; "
+            f"{model_class.__name__} needs mask/keypoint targets; "
             "use a box-only torchvision detector"
         )
-    for cls, fam in _FAMILIES.items():
-        if isinstance(model, cls):
-            return fam
-    raise IncompatibleConfigError(f"unsupported torchvision detector {type(model).__name__}")
+    for cls, kind in _KINDS.items():
+        if issubclass(model_class, cls):
+            return kind
+    raise IncompatibleConfigError(f"unsupported torchvision detector {model_class.__name__}")
+
+
+def builder_info(name: str, model_class: type | None = None) -> ModelInfo:
+    """The metadata of the detector a builder makes, from the builder's return annotation
+    (torchvision annotates every detection builder), without building it.
+
+    Args:
+        name: builder in ``torchvision.models.detection`` (or the label of ``model_class``).
+        model_class: the class of an already built detector (wins over the annotation).
+    """
+    if model_class is None:
+        builder = getattr(tvd, name, None)
+        model_class = inspect.signature(builder).return_annotation if callable(builder) else None
+        if not isinstance(model_class, type):
+            raise IncompatibleConfigError(f"torchvision.models.detection has no builder {name!r}")
+    kind, display = _kind(model_class)
+    if kind == "ssd" and name.startswith("ssdlite"):
+        display = "SSDlite"
+    return ModelInfo(
+        family="two-stage" if kind == "rcnn" else "single-shot",
+        display_name=f"{display} (torchvision)",
+        resize_mode=TorchvisionDetector.resize_mode,
+        proposals=kind == "rcnn",
+        takes_neck=False,
+    )
 
 
 class TorchvisionDetector(DetectionModel):
@@ -78,6 +114,7 @@ class TorchvisionDetector(DetectionModel):
             calling the builder; ``name`` is then only its label.
     """
 
+    display_name: ClassVar[str] = "torchvision detector"
     resize_mode: ClassVar[str] = "square"
 
     def __init__(
@@ -107,7 +144,7 @@ class TorchvisionDetector(DetectionModel):
                 **dict(builder_kwargs or {}),
             )
         self.model = model
-        self.family = _family(self.model)
+        self.kind, _ = _kind(type(self.model))
         self.num_classes = num_classes
         self.reference_name = name
         self.backbone_name = backbone_name(name)
@@ -123,6 +160,16 @@ class TorchvisionDetector(DetectionModel):
             "pixel_std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False
         )
 
+    def info(self) -> ModelInfo:
+        """The wrapped detector's family (R-CNN: two-stage), name and proposals."""
+        info = builder_info(self.reference_name, type(self.model))
+        return dataclasses.replace(info, num_proposals=self.num_proposals)
+
+    @classmethod
+    def config_info(cls, config: Mapping[str, Any]) -> ModelInfo:
+        """From the builder ``name`` of the config (see :func:`builder_info`)."""
+        return builder_info(str(config.get("name", "")))
+
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
     def _shift_targets(targets: list[Target] | None) -> list[Target] | None:
@@ -137,15 +184,13 @@ class TorchvisionDetector(DetectionModel):
 
     def _anchor_generator(self):
         return (
-            self.model.rpn.anchor_generator
-            if self.family == "rcnn"
-            else self.model.anchor_generator
+            self.model.rpn.anchor_generator if self.kind == "rcnn" else self.model.anchor_generator
         )
 
     @property
     def num_proposals(self) -> int | None:
         """RoIs per image at test time (two-stage only)."""
-        return int(self.model.rpn._post_nms_top_n["testing"]) if self.family == "rcnn" else None
+        return int(self.model.rpn._post_nms_top_n["testing"]) if self.kind == "rcnn" else None
 
     # -- the four steps ----------------------------------------------------------------------
     def forward(self, images: list[Tensor] | Tensor, targets: list[Target] | None = None):
@@ -177,7 +222,7 @@ class TorchvisionDetector(DetectionModel):
         tv_targets = self._shift_targets(targets) if self.training else None
         feats = self._features(images)
         m = self.model
-        if self.family == "rcnn":
+        if self.kind == "rcnn":
             proposals, rpn_losses = m.rpn(il, feats, tv_targets)
             if self.training:
                 _, det_losses = m.roi_heads(feats, proposals, il.image_sizes, tv_targets)
@@ -206,9 +251,9 @@ class TorchvisionDetector(DetectionModel):
 
     def _dense_losses(self, targets, head, anchors, maps) -> dict[str, Tensor]:
         m = self.model
-        if self.family == "retinanet":
+        if self.kind == "retinanet":
             return m.compute_loss(targets, head, anchors)
-        if self.family == "fcos":
+        if self.kind == "fcos":
             return m.compute_loss(targets, head, anchors, [x.shape[-2] * x.shape[-1] for x in maps])
         matched = []  # SSD matches inside forward; the same two lines as torchvision's
         for anc, t in zip(anchors, targets, strict=True):
@@ -232,7 +277,7 @@ class TorchvisionDetector(DetectionModel):
     ) -> list[Detections]:
         """torchvision's own decode + score threshold + NMS + top-k; labels shifted back."""
         m = self.model
-        if self.family == "rcnn":
+        if self.kind == "rcnn":
             counts = outputs["proposal_counts"].tolist()
             boxes, scores, labels = m.roi_heads.postprocess_detections(
                 outputs["class_logits"],
@@ -247,7 +292,7 @@ class TorchvisionDetector(DetectionModel):
         else:
             anchors = list(outputs["anchors"].unbind(0))
             head = {k: v for k, v in outputs.items() if k not in ("anchors", "anchors_per_level")}
-            if self.family == "ssd":
+            if self.kind == "ssd":
                 dets = m.postprocess_detections(head, anchors, image_sizes)
             else:
                 split = outputs["anchors_per_level"].tolist()
@@ -286,7 +331,7 @@ class TorchvisionDetector(DetectionModel):
     @contextlib.contextmanager
     def flop_count_mode(self):
         """Exactly ``num_proposals`` RoIs per image: no RPN NMS, score or size filtering."""
-        if self.family != "rcnn":
+        if self.kind != "rcnn":
             yield
             return
         rpn = self.model.rpn

@@ -120,7 +120,10 @@ class FasterRCNN(DetectionModel):
         IncompatibleConfigError: the extractor cannot split off its last stage.
     """
 
+    family: ClassVar[str] = "two-stage"
+    display_name: ClassVar[str] = "Faster R-CNN"
     resize_mode: ClassVar[str] = "shorter_side"
+    proposals: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -416,6 +419,8 @@ class RFCN(FasterRCNN):
     Raises:
         IncompatibleConfigError: the extractor has no ``c4`` map for the RPN.
     """
+
+    display_name: ClassVar[str] = "R-FCN"
 
     def __init__(
         self,

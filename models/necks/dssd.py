@@ -29,6 +29,7 @@ Deviations, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -106,6 +107,8 @@ class DSSDDecoder(nn.Module):
         ``[B, C'_k, H_k, W_k]`` with ``C'_k = channels`` for ``k < K`` and
         ``C'_K = C_K`` (the deepest source map passes through).
     """
+
+    neck_name: ClassVar[str] = "dssd"  # the option of the ``neck`` config group
 
     def __init__(
         self,

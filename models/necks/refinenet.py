@@ -35,6 +35,7 @@ Deviations, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -192,6 +193,8 @@ class RefineNetTopDown(nn.Module):
         forward: list of ``K`` maps ``[B, C_k, H_k, W_k]`` -> list of ``K`` maps
         ``[B, channels, H_k, W_k]``.
     """
+
+    neck_name: ClassVar[str] = "refinenet"  # the option of the ``neck`` config group
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ Deviations, and why:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -93,6 +94,8 @@ class TCBTopDown(nn.Module):
         forward: list of ``K`` maps ``[B, C_k, H_k, W_k]`` -> list of ``K`` maps
         ``[B, channels, H_k, W_k]``.
     """
+
+    neck_name: ClassVar[str] = "tcb"  # the option of the ``neck`` config group
 
     def __init__(
         self,

@@ -1,0 +1,358 @@
+"""Every result key, declared once. Adding a metric: declare it here, write it in its probe.
+
+The order of declaration is the column order of ``results.csv`` and of the report's table;
+``results/README.md``'s key tables are generated from this file
+(``python -m benchmark.schema --write results/README.md``; a test keeps them in sync).
+Keys marked with an issue number are written by work in progress and stay null until then.
+"""
+
+from __future__ import annotations
+
+from benchmark.schema.key import Key
+
+KEYS: list[Key] = []
+
+
+def _add(name: str, group: str, description: str, **kw) -> None:
+    KEYS.append(Key(name, group, description, **kw))
+
+
+# One declaration per key, laid out as a table: the formatter would put every argument on a
+# line of its own.
+# fmt: off
+
+# -- identity and outcome ------------------------------------------------------------------
+_add("job", "identity", "the job's folder, relative to the sweep folder (its overrides)",
+     kind="text", where="table", table=True)
+_add("label", "identity", "display name: `Faster R-CNN w/ ResNet-101, 600 px, 50 prop., "
+     "stride 8`", kind="text", where="table", short="configuration", table=True)
+_add("status", "identity", "`ok`, `skipped` or `failed` (above)", kind="text")
+_add("error", "identity", "why a job was skipped or failed; null when ok", kind="text")
+_add("meta_arch", "identity", "meta-architecture option (`ssd`, `dssd`, `refinedet`, "
+     "`faster_rcnn`, `rfcn`, `torchvision`)", kind="text", short="meta-architecture")
+_add("extractor", "identity", "feature-extractor option (`resnet18`, `mobilenet_v1`...); for "
+     "`torchvision` the builder's backbone", kind="text", short="extractor")
+_add("neck", "identity", "single-shot context module as the `neck=` group names it (`none`, "
+     "`ssd_extra`, `dssd`, `tcb`, `refinenet`), reported by the model; empty for detectors "
+     "without one (older results: read from the config)", kind="text", short="neck",
+     table=True)
+_add("image_size", "identity", "input resolution (square side, or shorter side for two-stage "
+     "detectors)", unit="px", kind="integer", label="Input resolution (px)", short="size")
+_add("num_proposals", "identity", "test-time proposals per image, reported by the model "
+     "(`meta_arch.num_proposals`); empty for detectors without proposals", unit="count",
+     kind="integer", label="Number of proposals (test time)", short="proposals",
+     config="meta_arch.num_proposals")
+_add("output_stride", "identity", "output stride of the extractor (`extractor.output_stride`; "
+     "8 = the atrous mode)", unit="px", kind="integer", short="stride",
+     config="extractor.output_stride")
+_add("dataset", "identity", "`data.name`", kind="text")
+_add("family", "identity", "`single-shot` or `two-stage`, declared by the model class (for "
+     "`torchvision`, of the detector it wraps)", kind="text", short="family")
+_add("meta_arch_name", "identity", "the meta-architecture's display name, declared by the "
+     "model class (`Faster R-CNN`, `SSDlite (torchvision)`)", kind="text")
+_add("uses_proposals", "identity", "whether a number of proposals applies (declared by the "
+     "model class)", unit="bool", kind="bool")
+_add("reference_model", "identity", "`meta_arch=torchvision` only: the torchvision builder",
+     kind="text")
+_add("resize_mode", "identity", "how images are resized, declared by the model class: "
+     "`square` (single-shot) or `shorter_side` (two-stage)", kind="text")
+_add("seed", "identity", "random seed of data order and initialization", kind="integer")
+_add("config_fingerprint", "identity", "digest of the resolved configuration: a job is "
+     "skipped only when its folder's result has the same one (issue 13)", kind="text")
+_add("config", "identity", "the job's whole resolved config (Hydra's own node excluded)",
+     kind="object")
+_add("checkpoint", "identity", "`train.checkpoint` when the model was loaded instead of "
+     "trained", kind="text")
+_add("job_seconds", "identity", "wall time of the job (building, training, evaluation, "
+     "measurement)", unit="s", short="job time")
+
+# -- accuracy (COCO evaluation with pycocotools, validation split) ----------------------------
+# The twelve COCOeval.stats in pycocotools' summarize() order (benchmark.evaluate zips them).
+_COCO = [
+    ("map", "AP@[.5:.95], 100 detections per image (COCO's primary metric)",
+     "mAP@[.5:.95] (COCO)", "AP"),
+    ("map_50", "AP at IoU 0.5", "mAP@.5 (COCO)", "AP50"),
+    ("map_75", "AP at IoU 0.75", "mAP@.75 (COCO)", "AP75"),
+    ("map_small", "AP on small objects (area < 32^2 px at the evaluated size); the table "
+     "turns COCO's -1 (no such objects) into NaN", "mAP, small objects", "AP small"),
+    ("map_medium", "AP on medium objects (32^2-96^2)", "mAP, medium objects", "AP medium"),
+    ("map_large", "AP on large objects (> 96^2)", "mAP, large objects", "AP large"),
+    ("mar_1", "AR with 1 detection per image", "mAR@1 (COCO)", "AR1"),
+    ("mar_10", "AR with 10 detections per image", "mAR@10 (COCO)", "AR10"),
+    ("mar_100", "AR with 100 detections per image", "mAR@100 (COCO)", "AR100"),
+    ("mar_small", "AR on small objects", "mAR, small objects", "AR small"),
+    ("mar_medium", "AR on medium objects", "mAR, medium objects", "AR medium"),
+    ("mar_large", "AR on large objects", "mAR, large objects", "AR large"),
+]
+_IN_TABLE = {"map", "map_50", "map_75", "map_small", "map_large"}
+for _name, _meaning, _label, _short in _COCO:
+    _add(_name, "accuracy", _meaning, unit="0-1", fmt="percent", label=_label, short=_short,
+         accuracy=True, interval=(f"{_name}_ci_low", f"{_name}_ci_high"), probe="cocoeval",
+         table=_name in _IN_TABLE, summary=_name in ("map", "map_50"))
+for _name, _meaning, _label, _short in _COCO:
+    for _end, _word in (("low", "lower"), ("high", "upper")):
+        _add(f"{_name}_ci_{_end}", "accuracy", f"{_word} end of the 95 % bootstrap interval "
+             f"of `{_name}` over validation images (issue 14)", unit="0-1", fmt="percent",
+             short=f"{_short} CI {_end}", probe="bootstrap")
+_add("bootstrap_samples", "accuracy", "bootstrap resamples behind the accuracy intervals "
+     "(issue 14)", unit="count", kind="integer", probe="bootstrap")
+
+# -- latency and throughput (batch 1, eval mode, real validation images) ----------------------
+_add("latency_ms", "latency", "median end-to-end time per call (preprocess + predict + "
+     "postprocess when `bench.include_postprocess`)", unit="ms",
+     label="Latency per image, batch 1, end to end (ms, median)", short="latency", cost=True,
+     axis="latency", interval=("latency_ms_ci_low", "latency_ms_ci_high"), probe="latency",
+     table=True, summary=True)
+_add("latency_ms_ci_low", "latency", "lower end of the 95 % interval of the median "
+     "(issue 14)", unit="ms", short="latency CI low", probe="latency")
+_add("latency_ms_ci_high", "latency", "upper end of the 95 % interval of the median "
+     "(issue 14)", unit="ms", short="latency CI high", probe="latency")
+_add("latency_ms_p90", "latency", "90th percentile (null when too few calls were timed for "
+     "it, see `latency_percentile_note`)", unit="ms",
+     label="Latency per image, batch 1, end to end (ms, p90)", short="p90", cost=True,
+     probe="latency", table=True)
+_add("latency_ms_p99", "latency", "99th percentile (null when too few calls were timed)",
+     unit="ms", label="Latency per image, batch 1, end to end (ms, p99)", short="p99",
+     cost=True, probe="latency")
+_add("latency_percentile_note", "latency", "why a percentile is null (issue 14)", kind="text",
+     probe="latency")
+_add("latency_ms_mean", "latency", "mean", unit="ms", short="mean", probe="latency")
+_add("latency_ms_std", "latency", "standard deviation", unit="ms", short="sd", probe="latency")
+_add("latency_ms_min", "latency", "fastest call", unit="ms", short="min", probe="latency")
+_add("cold_start_ms", "latency", "the first call of the measurement (lazy initialization, "
+     "kernel selection)", unit="ms", short="cold start", probe="latency")
+_add("preprocess_ms", "latency", "median of the normalize + pad stage", unit="ms",
+     short="preprocess", probe="latency")
+_add("predict_ms", "latency", "median of the network stage (what GMACs count; includes the "
+     "RPN for two-stage)", unit="ms", label="Network time per image, batch 1 (ms, median)",
+     short="network", cost=True, probe="latency", table=True)
+_add("postprocess_ms", "latency", "median of decode + score threshold + NMS", unit="ms",
+     short="postprocess", probe="latency")
+_add("timing_n", "latency", "timed calls behind the percentiles", unit="calls",
+     kind="integer", label="timed images per configuration", probe="latency", protocol=True)
+_add("latency_batch_size", "latency", "images per timed call (`bench.batch_size`, 1)",
+     unit="images", kind="integer", label="latency batch size", probe="latency",
+     protocol=True)
+_add("latency_warmup", "latency", "untimed calls before timing", unit="calls",
+     kind="integer", label="warm-up calls before timing", probe="latency", protocol=True)
+_add("latency_includes_postprocess", "latency", "whether `latency_ms` includes postprocess",
+     unit="bool", kind="bool", label="latency includes postprocess (decode + NMS)",
+     probe="latency", protocol=True)
+_add("input_size", "latency", "`[H, W]` of the timed inputs", unit="px", kind="list",
+     probe="latency")
+_add("throughput_ips", "latency", "images per second at `throughput_batch_size` "
+     "(postprocess included)", unit="images/s", label="Throughput (images/s)",
+     short="throughput", probe="throughput")
+_add("throughput_batch_size", "latency", "batch of the throughput measurement",
+     unit="images", kind="integer", label="throughput batch size", probe="throughput",
+     protocol=True)
+
+# -- FLOPs and roofline ----------------------------------------------------------------------
+_add("gmacs", "flops", "10^9 multiply-adds per image, `predict` only, counted with "
+     "`FlopCounterMode` (+ RoIAlign formulas)", unit="GMACs",
+     label="Multiply-adds per image (GMACs)", short="multiply-adds", cost=True, axis="gmacs",
+     probe="flops", table=True, summary=True)
+_add("gmacs_conv", "flops", "the convolutions' share of `gmacs` (the count torchvision's "
+     "published `_ops` make; issue 15)", unit="GMACs", short="conv GMACs", cost=True,
+     probe="flops")
+_add("gmacs_extractor", "flops", "the feature extractor's share of `gmacs` (in two-stage "
+     "detectors the trunk; the last stage run on crops counts as head)", unit="GMACs",
+     short="extractor GMACs", cost=True, probe="flops")
+_add("gmacs_neck", "flops", "the share of the neck (extra layers, top-down context module)",
+     unit="GMACs", short="neck GMACs", probe="flops")
+_add("gmacs_head", "flops", "the share of the heads (prediction heads; RPN and box "
+     "classifier for two-stage)", unit="GMACs", short="head GMACs", probe="flops")
+_add("gmacs_by_op", "flops", "`gmacs` split by operator", unit="GMACs", kind="object",
+     probe="flops")
+_add("flops_uncounted_ops", "flops", "contraction-like operators without a formula "
+     "(non-empty: `gmacs` is a lower bound)", kind="list", probe="flops")
+_add("flops_num_proposals", "flops", "proposals per image the two-stage count used",
+     unit="count", kind="integer", label="proposals when counting two-stage FLOPs",
+     probe="flops", protocol=True)
+_add("flops_input_size", "flops", "`[H, W]` of the counted input", unit="px", kind="list")
+_add("peak_gemm_gflops", "flops", "measured peak of a large GEMM on this device (cached per "
+     "machine)", unit="GFLOP/s", probe="roofline")
+_add("peak_conv_gflops", "flops", "measured peak of a large 3x3 convolution",
+     unit="GFLOP/s", probe="roofline")
+_add("achieved_gflops", "flops", "`2 * gmacs / predict_ms`: the network's compute rate",
+     unit="GFLOP/s", short="achieved", probe="roofline")
+_add("peak_fraction", "flops", "`achieved_gflops / peak_conv_gflops`", unit="0-1",
+     fmt="percent", short="of peak", probe="roofline")
+
+# -- memory ----------------------------------------------------------------------------------
+_add("peak_mem_mb", "memory", "inference peak: CUDA `max_memory_allocated`; CPU peak-RSS "
+     "increase of a fresh process (excludes weights)", unit="MiB",
+     label="Peak inference memory, batch 1 (MiB)", short="peak memory", cost=True,
+     axis="memory", probe="memory", table=True, summary=True)
+_add("peak_mem_reserved_mb", "memory", "CUDA `max_memory_reserved`; null on CPU", unit="MiB",
+     probe="memory")
+_add("train_peak_mem_mb", "memory", "the same for one training step at "
+     "`train_mem_batch_size`", unit="MiB", label="Peak training-step memory (MiB)",
+     short="training memory", cost=True, probe="memory", table=True)
+_add("train_peak_mem_reserved_mb", "memory", "CUDA reserved memory of the training step",
+     unit="MiB", probe="memory")
+_add("train_mem_batch_size", "memory", "batch of the training-step probe", unit="images",
+     kind="integer", probe="memory")
+_add("peak_mem_method", "memory", "which definition applies: `cuda_max_memory_allocated`, "
+     "`cpu_peak_rss_increase_fresh_process` (exact), `cpu_peak_rss_increase` (in-process, "
+     "`bench.memory_fresh_process=false`: approximate); `_no_reset` when the kernel's peak "
+     "could not be reset", kind="text", label="memory measurement", probe="memory",
+     protocol=True)
+_add("cold_start_fresh_process_ms", "memory", "CPU: first inference call in a brand-new "
+     "process", unit="ms", probe="memory")
+
+# -- data and model size ----------------------------------------------------------------------
+_add("num_classes", "data", "object classes, background excluded", kind="integer")
+_add("class_names", "data", "class names in label order", kind="list")
+_add("data_stats", "data", "image and object counts of the splits", kind="object")
+_add("data_warnings", "data", "problems with the data that did not stop the job (issue 13)",
+     kind="list")
+_add("params", "data", "all parameters", unit="count", kind="integer", label="Parameters",
+     short="parameters", cost=True, fmt="count", table=True)
+_add("params_trainable", "data", "parameters with `requires_grad`", unit="count",
+     kind="integer", fmt="count")
+_add("num_anchors", "data", "anchors / default boxes per image at `image_size` (the "
+     "\"#Boxes\" of the DSSD and RefineDet tables; RPN anchors for two-stage detectors)",
+     unit="count", kind="integer", short="anchors", fmt="count", table=True)
+_add("crop_size", "data", "side of the RoI crops of the two-stage box classifier (issue 15)",
+     unit="px", kind="integer")
+_add("weights_mb", "data", "parameters + buffers", unit="MiB", short="weights")
+
+# -- training ------------------------------------------------------------------------------
+_add("train_iters", "training", "optimizer steps taken", unit="iterations", kind="integer",
+     short="steps", table=True)
+_add("train_seconds", "training", "training wall time", unit="s", short="training",
+     table=True)
+_add("final_loss", "training", "total loss, mean of the last logging window", fmt="fixed3")
+_add("train_images_per_second", "training", "training throughput: images over the training "
+     "wall time, data loading included (all ranks together under DDP)", unit="images/s")
+_add("train_history", "training", "logged `(iteration, losses, lr)` records", kind="list")
+_add("resumed", "training", "training continued from a checkpoint of an interrupted run "
+     "(issue 13)", unit="bool", kind="bool")
+_add("train_segments", "training", "runs the training was split into by interruptions "
+     "(issue 13)", kind="integer")
+_add("optimizer", "training", "the optimizer trained with (`sgd`, `rmsprop`, `adamw`; "
+     "issue 15)", kind="text")
+_add("world_size", "training", "data-parallel ranks that trained the model "
+     "(`train.devices`; 1 = one process)", unit="ranks", kind="integer")
+_add("dist_backend", "training", "`gloo` (CPU) or `nccl` (CUDA) when `world_size` > 1, else "
+     "null", kind="text")
+_add("total_batch_size", "training", "images per optimizer step over all ranks (`devices` x "
+     "`train.batch_size`)", unit="images", kind="integer")
+_add("reference_batch_size", "training", "the batch `train.optimizer.lr` is tuned for "
+     "(`train.reference_batch_size`; default one rank's batch)", unit="images",
+     kind="integer")
+_add("lr_scale", "training", "linear scaling factor `total_batch_size / "
+     "reference_batch_size` (1 with `train.lr_scaling=none`)")
+_add("effective_lr", "training", "the base learning rate trained with: `optimizer.lr` x "
+     "`lr_scale` (the schedule multiplies it)")
+_add("effective_warmup_iters", "training", "linear warm-up length: `train.warmup_iters` x "
+     "`lr_scale`, rounded", unit="iterations", kind="integer")
+_add("sync_bn", "training", "BatchNorm during training: `off` (per-rank statistics), `sync` "
+     "(SyncBatchNorm across ranks, CUDA) or `frozen` (running statistics, affine fixed); "
+     "`sync` with one rank is recorded as `off`", kind="text")
+
+# -- deployment runtime (issue 17) -----------------------------------------------------------
+_add("backend", "deployment", "what ran the timed model: `eager`, `compile` or "
+     "`onnxruntime` (issue 17)", kind="text")
+_add("backend_version", "deployment", "version of that runtime (issue 17)", kind="text")
+_add("parity_max_abs_diff", "deployment", "largest difference of box coordinates and scores "
+     "between the runtime's detections and eager's on the validation images (issue 17)")
+_add("parity_map", "deployment", "`map` of the runtime's detections (issue 17)", unit="0-1",
+     fmt="percent")
+
+# -- the measurement run ---------------------------------------------------------------------
+_add("measure_errors", "measurement", "measurement name -> error for a probe that raised (its "
+     "keys stay null); `{}` when complete", kind="object")
+_add("measure_seconds", "measurement", "wall time of each measurement (latency, throughput, "
+     "flops, roofline, memory)", unit="s", kind="object")
+_add("timing_exclusive", "measurement", "the measurement phase held this machine's lock for "
+     "the device: no other detbench job measured on it meanwhile (`timing_lock`, "
+     "docs/scale_out.md)", unit="bool", kind="bool")
+_add("timing_lock_wait_s", "measurement", "time spent waiting for that lock (null when "
+     "`timing_lock=false`)", unit="s")
+_add("measure_started_at", "measurement", "start of the measurement phase (after the wait)",
+     unit="unix s", fmt="fixed1")
+_add("measure_ended_at", "measurement", "end of the measurement phase; intervals of jobs on "
+     "one device never overlap", unit="unix s", fmt="fixed1")
+
+# -- environment (on every result, even failed ones) --------------------------------------
+_ENV = [
+    ("device", "`cpu` or `cuda`", "", "text"),
+    ("device_name", "CPU model or GPU name", "", "text"),
+    ("cpu_model", "`/proc/cpuinfo` model name", "", "text"),
+    ("cpu_count", "logical CPUs of the machine", "", "integer"),
+    ("num_threads", "torch intra-op threads in effect while timing", "", "integer"),
+    ("num_interop_threads", "torch inter-op threads", "", "integer"),
+    ("precision", "`fp32`, `fp16` or `bf16` (`bench.precision`)", "", "text"),
+    ("channels_last", "NHWC memory format while timing", "bool", "bool"),
+    ("fold_bn", "`bench.fold_bn`: batch norms folded into convolutions of the timed copy",
+     "bool", "bool"),
+    ("fold_bn_folded", "number of batch-norm layers folded", "", "integer"),
+    ("fold_bn_note", "why the folded copy was discarded (outputs differed), else null", "",
+     "text"),
+    ("inference_mode", "timed under `torch.inference_mode` (false: `torch.no_grad`)", "bool",
+     "bool"),
+    ("compile", "`bench.compile`: `torch.compile` requested for the timed copy", "bool",
+     "bool"),
+    ("compiled", "the timed copy really ran compiled", "bool", "bool"),
+    ("compile_error", "why compilation fell back to eager, else null", "", "text"),
+    ("torch_version", "", "", "text"),
+    ("torchvision_version", "", "", "text"),
+    ("timm_version", "", "", "text"),
+    ("python_version", "", "", "text"),
+    ("platform", "OS and kernel", "", "text"),
+    ("hostname", "machine name", "", "text"),
+    ("git_sha", "detbench commit the job ran from", "", "text"),
+    ("cuda_version", "CUDA of the torch build", "", "text"),
+    ("cudnn_version", "cuDNN of the torch build", "", "text"),
+    ("cudnn_benchmark", "`torch.backends.cudnn.benchmark`", "bool", "bool"),
+    ("cudnn_deterministic", "`torch.backends.cudnn.deterministic`", "bool", "bool"),
+    ("tf32_matmul", "TF32 allowed in matmuls", "bool", "bool"),
+    ("tf32_cudnn", "TF32 allowed in cuDNN convolutions", "bool", "bool"),
+    ("float32_matmul_precision", "`torch.get_float32_matmul_precision()`", "", "text"),
+    ("gpu_driver", "NVIDIA driver (CUDA only)", "", "text"),
+    ("gpu_capability", "compute capability (CUDA only)", "", "text"),
+    ("gpu_memory_mb", "device memory (CUDA only)", "MiB", "number"),
+]
+_PROTOCOL = {
+    "precision": "precision",
+    "channels_last": "channels-last memory format",
+}
+for _name, _meaning, _unit, _kind in _ENV:
+    _add(_name, "environment", _meaning, unit=_unit, kind=_kind, label=_PROTOCOL.get(_name),
+         protocol=_name in _PROTOCOL)
+
+# -- columns results.csv derives ------------------------------------------------------------
+_add("model_name", "config", "timm model behind the extractor, when it is a timm adapter",
+     kind="text", where="table", config="extractor.model_name")
+_add("pretrained", "config", "`extractor.pretrained` (ImageNet weights)", unit="bool",
+     kind="bool", where="table", config="extractor.pretrained")
+_add("frozen_bn", "config", "`extractor.frozen_bn`", unit="bool", kind="bool", where="table",
+     config="extractor.frozen_bn")
+_add("max_iters", "config", "`train.max_iters`", unit="iterations", kind="integer",
+     where="table", config="train.max_iters")
+_add("batch_size", "config", "`train.batch_size`", unit="images", kind="integer",
+     where="table", config="train.batch_size")
+_add("lr", "config", "`train.optimizer.lr`", where="table", config="train.optimizer.lr")
+_add("num_train", "config", "`data.num_train` (synthetic data)", unit="images",
+     kind="integer", where="table", config="data.num_train")
+_add("num_val", "config", "`data.num_val` (synthetic data)", unit="images", kind="integer",
+     where="table", config="data.num_val")
+_add("top1", "config", "ImageNet top-1 of the extractor's architecture (torchvision weight "
+     "metadata, else Huang et al. 2017 Table 2); describes ImageNet weights, not a "
+     "from-scratch run", unit="%", fmt="fixed1", where="table",
+     label="Extractor ImageNet top-1 accuracy (%)", short="top-1")
+_add("top1_source", "config", "where `top1` comes from", kind="text", where="table")
+
+# -- frontier.csv --------------------------------------------------------------------------
+_add("axis", "frontier", "the cost axis: `latency` (`latency_ms`), `gmacs` or `memory` "
+     "(`peak_mem_mb`) by default; any cost column with `detbench-report --cost`", kind="text",
+     where="frontier")
+_add("cost_column", "frontier", "the results column of the axis", kind="text",
+     where="frontier")
+_add("critical", "frontier", "Huang et al.'s Table 3 critical points: `fastest` (on a time "
+     "axis; `cheapest` on the others), `sweet spot` (the elbow: the frontier point farthest "
+     "above the line from the cheapest to the most accurate, with cost on a log scale), "
+     "`most accurate`; empty for the other frontier points", kind="text", where="frontier")
+# fmt: on
