@@ -13,7 +13,7 @@ import re
 
 from benchmark.schema import GROUPS, Key, keys
 
-_BLOCK = re.compile(
+BLOCK = re.compile(
     r"(<!-- schema:(?P<name>[\w.]+) -->\n)(?P<body>.*?)(<!-- /schema:(?P=name) -->)", re.S
 )
 
@@ -54,7 +54,7 @@ def update(text: str) -> str:
         seen.add(name)
         return match.group(1) + generated[name] + match.group(4)
 
-    text = _BLOCK.sub(fill, text)
+    text = BLOCK.sub(fill, text)
     if missing := sorted(set(generated) - seen):
         raise ValueError(f"no <!-- schema:NAME --> block for {missing}")
     return text
