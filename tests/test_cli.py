@@ -227,22 +227,9 @@ def test_report_metric_cost_and_subset(hand_sweep, tmp_path):
     assert "meta_arch in ssd, rfcn" in page and "mAP@.5 (COCO)" in page
     assert report_cli([*args, "--out", str(tmp_path / "map"), "--cost", "latency_ms"]) == 0
     assert _frontier(tmp_path / "map") == ["A", "B"]
-    assert (
-        report_cli(
-            [
-                str(hand_sweep),
-                "--out",
-                str(tmp_path / "numeric"),
-                "--cost",
-                "latency_ms",
-                "--where",
-                "image_size=300",
-                "--where",
-                "family=two-stage",
-            ]
-        )
-        == 0
-    )
+    numeric = [str(hand_sweep), "--out", str(tmp_path / "numeric"), "--cost", "latency_ms"]
+    numeric += ["--where", "image_size=300.0", "--where", "family=two-stage"]  # 300.0 == 300
+    assert report_cli(numeric) == 0
     assert sorted(pd.read_csv(tmp_path / "numeric" / "results.csv")["job"]) == ["C", "D"]
 
 
