@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -130,3 +131,27 @@ def test_torchvision_family_without_building(builder, family):
     assert TorchvisionDetector.config_info({"name": builder}).family == family
     with pytest.raises(IncompatibleConfigError, match="mask/keypoint"):
         builder_info("maskrcnn_resnet50_fpn")
+
+
+def test_results_written_before_jobs_recorded_metadata_still_load():
+    """results/example predates the model keys: names, families, necks and proposals come
+    from the model classes its configs name."""
+    from benchmark.report import load_results
+
+    example = SWEEPS.parent / "results" / "example"
+    df = load_results(example).set_index("job")
+    assert len(df) == 10 and (df["status"] == "ok").all()
+    expected = {  # meta_arch option -> (family, display name, neck) of sweeps/meta_arch/*.yaml
+        "ssd": ("single-shot", "SSD", "ssd_extra"),
+        "dssd": ("single-shot", "DSSD", "dssd"),
+        "refinedet": ("single-shot", "RefineDet", "tcb"),
+        "faster_rcnn": ("two-stage", "Faster R-CNN", None),
+        "rfcn": ("two-stage", "R-FCN", None),
+    }
+    for _, row in df.iterrows():
+        family, name, neck = expected[row["meta_arch"]]
+        assert (row["family"], row["meta_arch_name"]) == (family, name)
+        assert (row["neck"] == neck) if neck else pd.isna(row["neck"])
+        proposals = row["num_proposals"]
+        assert (proposals == 300) if family == "two-stage" else pd.isna(proposals)
+        assert row["label"].startswith(f"{name} w/ MobileNet")
