@@ -9,49 +9,49 @@ from pathlib import Path
 import pytest
 import torch
 from measure_toys import TinyDetector, TinyExtractor, one_thread  # noqa: F401 (fixture)
-from omegaconf import OmegaConf
 
 from benchmark.device import Device
 from benchmark.measure.memory import in_process_peak, peak_of, reset_rss_peak
+from benchmark.measure.memory_bound import memory_budget_mb
 from benchmark.measure.memory_fresh import fresh_process_peaks
 from benchmark.measure.settings import BenchSettings
+from benchmark.spec import ModelRecipe, OptimizerSpec
 
 CPU = Device.from_spec("cpu")
 TESTS = str(Path(__file__).resolve().parent)
 
 
 @pytest.fixture
-def toy_cfg(monkeypatch):
-    """A job config the child can rebuild the toy from (this folder on its PYTHONPATH)."""
+def toy_recipe(monkeypatch):
+    """A recipe the child can rebuild the toy from (this folder on its PYTHONPATH)."""
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
     )
-    return OmegaConf.create(
-        {
-            "extractor": {"_target_": "measure_toys.TinyExtractor", "channels": 32},
-            "meta_arch": {"_target_": "measure_toys.TinyDetector"},
-            "train": {
-                "batch_size": 2,
-                "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9},
-            },
-        }
+    return ModelRecipe(
+        extractor={"_target_": "measure_toys.TinyExtractor", "channels": 32},
+        meta_arch={"_target_": "measure_toys.TinyDetector"},
+        num_classes=3,
+        optimizer=OptimizerSpec({"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9}),
+        train_batch_size=2,
     )
 
 
-def test_fresh_process_peaks_are_positive(toy_cfg):
+def test_fresh_process_peaks_are_positive(toy_recipe):
     torch.manual_seed(0)
     model = TinyDetector(extractor=TinyExtractor(channels=32), num_classes=3)
     inf, train = fresh_process_peaks(
         model,
-        toy_cfg,
+        toy_recipe,
         probes=[("inference", 1), ("train", 2)],
-        image_size=(256, 256),
+        shape=(256, 256),
         device=CPU,
         settings=BenchSettings(),
+        budget_mb=memory_budget_mb(CPU, BenchSettings().memory_max_fraction),
     )
     # The first conv's output alone is 32 x 128 x 128 floats = 2 MiB.
     assert inf["peak_mb"] > 1.0 and inf["method"] == "cpu_peak_rss_increase_fresh_process"
     assert inf["value"] > 0  # the child's first-call time
+    assert inf["source"] == train["source"] == "measured" and train["probe_batch_size"] == 2
     # Twice the batch, activations kept for backward, gradients, optimizer state.
     assert train["peak_mb"] > inf["peak_mb"]
 
