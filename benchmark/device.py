@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+MEMINFO = "/proc/meminfo"  # MemAvailable: the CPU's free memory (Device.free_memory_mb)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -123,7 +124,7 @@ class Device:
         if self.is_cuda:
             free, _ = torch.cuda.mem_get_info(self.torch_device)
             return free / 2.0**20
-        value = _proc_kib("/proc/meminfo", "MemAvailable:")
+        value = _proc_kib(MEMINFO, "MemAvailable:")
         return None if value is None else value / 1024.0
 
     @contextlib.contextmanager

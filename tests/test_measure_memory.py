@@ -12,7 +12,6 @@ from measure_toys import TinyDetector, TinyExtractor, one_thread  # noqa: F401 (
 
 from benchmark.device import Device
 from benchmark.measure.memory import in_process_peak, peak_of, reset_rss_peak
-from benchmark.measure.memory_bound import memory_budget_mb
 from benchmark.measure.memory_fresh import fresh_process_peaks
 from benchmark.measure.settings import BenchSettings
 from benchmark.spec import ModelRecipe, OptimizerSpec
@@ -36,24 +35,47 @@ def toy_recipe(monkeypatch):
     )
 
 
-def test_fresh_process_peaks_are_positive(toy_recipe):
+def test_fresh_process_peaks_are_positive_and_bounded(toy_recipe):
     torch.manual_seed(0)
     model = TinyDetector(extractor=TinyExtractor(channels=32), num_classes=3)
     inf, train = fresh_process_peaks(
         model,
         toy_recipe,
-        probes=[("inference", 1), ("train", 2)],
+        probes=[("inference", 1), ("train", 16)],
         shape=(256, 256),
         device=CPU,
         settings=BenchSettings(),
-        budget_mb=memory_budget_mb(CPU, BenchSettings().memory_max_fraction),
+        budget_mb=80.0,
     )
     # The first conv's output alone is 32 x 128 x 128 floats = 2 MiB.
     assert inf["peak_mb"] > 1.0 and inf["method"] == "cpu_peak_rss_increase_fresh_process"
     assert inf["value"] > 0  # the child's first-call time
-    assert inf["source"] == train["source"] == "measured" and train["probe_batch_size"] == 2
-    # Twice the batch, activations kept for backward, gradients, optimizer state.
-    assert train["peak_mb"] > inf["peak_mb"]
+    assert inf["source"] == "measured" and inf["probe_batch_size"] == 1
+    # A training step holds at least the first conv's and ReLU's 2 MiB outputs per image at
+    # once (64 MiB at batch 16); its bound from batch 2 exceeds 80 MiB, so the value is
+    # extrapolated from batches that fit.
+    assert train["source"] == "extrapolated" and train["batch_size"] == 16
+    assert 2 < train["probe_batch_size"] < 16 and "extrapolated linearly" in train["note"]
+    assert train["peak_mb"] > 16 * 4.0 and train["peak_mb"] > inf["peak_mb"]
+
+
+def test_fresh_process_probe_that_hits_the_limit_is_null_with_the_reason(toy_recipe):
+    """A budget below the smallest batch: the child's RLIMIT_DATA stops the allocation and
+    both probes say so; the child itself ends normally (no OOM kill, no crash)."""
+    model = TinyDetector(extractor=TinyExtractor(channels=32), num_classes=3)
+    inf, train = fresh_process_peaks(
+        model,
+        toy_recipe,
+        probes=[("inference", 1), ("train", 16)],
+        shape=(256, 256),  # one input image alone is 3 x 256 x 256 floats = 0.75 MiB
+        device=CPU,
+        settings=BenchSettings(),
+        budget_mb=0.5,
+    )
+    for out, first in ((inf, 1), (train, 2)):
+        assert out["peak_mb"] is None and out["source"] is None and out["budget_mb"] == 0.5
+        assert out["note"].startswith(f"not measured: batch {first} hit the memory limit")
+        assert "RuntimeError: [enforce fail" in out["note"] or "MemoryError" in out["note"]
 
 
 def test_rss_peak_reset_and_increase():

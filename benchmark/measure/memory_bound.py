@@ -105,7 +105,8 @@ def bounded_peak(
                 if budget_mb is not None
                 else "the device's free memory"
             )
-            out["note"] = f"not measured: batch {b} hit {limit}: {str(e).strip()[:200]}"
+            error = f"{type(e).__name__}: {str(e).strip()}"[:240]
+            out["note"] = f"not measured: batch {b} hit {limit}: {error}"
             return None
         out["method"] = r["method"]
         out["probe_batch_size"] = max(b, out["probe_batch_size"] or 0)
