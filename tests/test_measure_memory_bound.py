@@ -162,3 +162,14 @@ def test_cpu_memory_limit_fails_allocations_beyond_it_and_is_lifted_after():
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
     big = torch.empty(256 * 2**20, dtype=torch.uint8)
     assert big.numel() == 256 * 2**20 and small.numel() == 8 * 2**20
+
+
+def test_memory_settings_are_checked():
+    from benchmark.measure.settings import BenchSettings
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="bench.memory_max_fraction must be in"):
+            BenchSettings(memory_max_fraction=bad)
+    with pytest.raises(ValueError, match="bench.train_batch_size must be >= 1"):
+        BenchSettings(train_batch_size=0)
+    assert BenchSettings(memory_max_fraction=1.0).memory_extrapolate

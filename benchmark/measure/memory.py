@@ -8,13 +8,16 @@ CPU: the increase of the peak resident set size (VmHWM, the live-process part of
 ``getrusage(RUSAGE_SELF).ru_maxrss``; see :func:`peak_rss_mib`) over the baseline after the
 model is loaded, measured in a *fresh* process (:mod:`benchmark.measure.memory_fresh`),
 because in a process that already ran the model the allocator reuses freed memory and the
-increase reads near zero. The child rebuilds the detector from the job's resolved config,
-loads the weights, and per probe makes a synthetic batch at the job's input size, returns
+increase reads near zero. The child rebuilds the detector from the job's recipe, loads the
+weights, and per probe call makes a synthetic batch at the job's input shape, returns
 freed heap pages to the OS, resets the kernel's peak (``/proc/self/clear_refs``), runs ONE
 call (inference, then the training step) and reports the peak. So the CPU number is
-activations, workspaces, outputs and one-time first-call allocations (thread pools,
-oneDNN primitives); weights (``weights_mb``), inputs and the Python/torch runtime are
-excluded.
+activations, workspaces, outputs and one-time first-call allocations (oneDNN primitives);
+weights (``weights_mb``), inputs and the Python/torch runtime are excluded.
+
+Every probe is bounded (:func:`bounded_peaks`, :mod:`benchmark.measure.memory_bound`): it
+runs at the batch it is for only when that fits a share of the free memory, and is
+otherwise extrapolated from smaller batches or left null with the reason.
 """
 
 from __future__ import annotations
