@@ -11,7 +11,7 @@ import torch
 from measure_toys import TinyDetector, TinyExtractor, one_thread  # noqa: F401 (fixture)
 
 from benchmark.device import Device
-from benchmark.measure.memory import in_process_peak, peak_of, reset_rss_peak
+from benchmark.measure.memory import in_process_peak, in_process_peaks, peak_of, reset_rss_peak
 from benchmark.measure.memory_fresh import fresh_process_peaks
 from benchmark.measure.settings import BenchSettings
 from benchmark.spec import ModelRecipe, OptimizerSpec
@@ -98,13 +98,19 @@ def test_rss_peak_sees_allocations_served_from_a_fragmented_heap():
     del last
 
 
-def test_in_process_train_step_restores_the_model():
+@pytest.mark.parametrize("bounded", [False, True])
+def test_in_process_train_step_restores_the_model(bounded):
     torch.manual_seed(0)
     model = TinyDetector(extractor=TinyExtractor(), num_classes=3).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = in_process_peak(
-        model, mode="train", batch_size=2, image_size=(64, 64), device=CPU, settings=BenchSettings()
-    )
+    kw = {"device": CPU, "settings": BenchSettings()}
+    if bounded:  # two training steps (batch 2 for the estimate, then 4), one restore
+        _, out = in_process_peaks(
+            model, [("inference", 1), ("train", 4)], shape=(64, 64), budget_mb=10_000.0, **kw
+        )
+        assert out["source"] == "measured" and out["probe_batch_size"] == 4
+    else:
+        out = in_process_peak(model, mode="train", batch_size=2, image_size=(64, 64), **kw)
     assert out["peak_mb"] >= 0 and out["method"].startswith("cpu_peak_rss_increase")
     assert not model.training and all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
