@@ -3,7 +3,9 @@ leaves the model as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,25 @@ def test_fresh_process_probe_that_hits_the_limit_is_null_with_the_reason(toy_rec
         assert out["peak_mb"] is None and out["source"] is None and out["budget_mb"] == 0.5
         assert out["note"].startswith(f"not measured: batch {first} hit the memory limit")
         assert "RuntimeError: [enforce fail" in out["note"] or "MemoryError" in out["note"]
+
+
+def test_a_child_that_dies_keeps_the_probes_before(toy_recipe):
+    """The child reports after each probe: when it dies in the training step, the inference
+    peak survives and the training peak is null with the exit code."""
+    recipe = dataclasses.replace(toy_recipe, meta_arch={"_target_": "measure_toys.KilledDetector"})
+    model = TinyDetector(extractor=TinyExtractor(channels=32), num_classes=3)
+    inf, train = fresh_process_peaks(
+        model,
+        recipe,
+        probes=[("inference", 1), ("train", 4)],
+        shape=(64, 64),
+        device=CPU,
+        settings=BenchSettings(),
+        budget_mb=1000.0,
+    )
+    assert inf["source"] == "measured" and inf["peak_mb"] > 0
+    assert train["peak_mb"] is None and train["batch_size"] == 4
+    assert f"failed with code {-signal.SIGKILL}" in train["note"]
 
 
 def test_rss_peak_reset_and_increase():

@@ -113,7 +113,7 @@ def fresh_process_peaks(
         some probes leaves the others null with the exit code in their ``note``.
 
     Raises:
-        RuntimeError: the child failed before reporting any probe.
+        RuntimeError: the child failed (or timed out) before reporting any probe.
     """
     with tempfile.TemporaryDirectory(prefix="detbench-mem-") as tmp:
         weights, spec_path, out_path = (
@@ -136,15 +136,20 @@ def fresh_process_peaks(
         # ``-c`` rather than ``-m``: running a module of an already imported package as
         # __main__ would import it twice (runpy's warning).
         code = "import sys; from benchmark.measure.memory_fresh import main; main(sys.argv[1:])"
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(spec_path), str(out_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(spec_path), str(out_path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            failed = proc.returncode != 0
+            failure = f"memory child failed with code {proc.returncode}: "
+            failure += proc.stderr.strip()[-2000:]
+        except subprocess.TimeoutExpired:  # run() has killed it; keep what it reported
+            failed, failure = True, f"memory child timed out after {timeout:.0f} s"
         results = json.loads(out_path.read_text()) if out_path.exists() else []
-    failure = f"memory child failed with code {proc.returncode}: {proc.stderr.strip()[-2000:]}"
-    if proc.returncode != 0 and not results:
+    if failed and not results:
         raise RuntimeError(failure)
     for r in results:
         if r["method"]:
