@@ -54,14 +54,13 @@ class InputSpec:
     resize_mode: str
     image_size: int
     max_size: int | None = None
-    shape: tuple[int, int] = field(default=(0, 0))
+    shape: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if self.shape == (0, 0):
-            object.__setattr__(self, "shape", (self.image_size, self.image_size))
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        shape = self.shape or (self.image_size, self.image_size)
+        object.__setattr__(self, "shape", (int(shape[0]), int(shape[1])))  # frozen dataclass
 
     @classmethod
     def from_cfg(cls, cfg) -> InputSpec:
