@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from benchmark.spec import ModelRecipe
 from models.errors import IncompatibleConfigError
 from models.meta_arch.base import DetectionModel
 
@@ -13,15 +14,16 @@ def build_detector(cfg: DictConfig, num_classes: int) -> DetectionModel:
     """Instantiate ``cfg.extractor`` and hand it to ``cfg.meta_arch``.
 
     Necks and heads in the meta-architecture config are ``_partial_`` factories: their
-    channel counts come from the extractor's ``feature_info`` inside the detector.
+    channel counts come from the extractor's ``feature_info`` inside the detector. The same
+    path as :meth:`benchmark.spec.ModelRecipe.build`, which the job and its fresh memory
+    process use.
 
     Raises:
         IncompatibleConfigError: a ``neck=`` choice on a detector that takes no context
             module (its class says ``takes_neck = False``): the job is recorded as skipped.
     """
     check_neck(cfg.meta_arch, _neck_choice(cfg))
-    extractor = instantiate(cfg.extractor)
-    return instantiate(cfg.meta_arch, extractor=extractor, num_classes=num_classes)
+    return ModelRecipe.from_cfg(cfg, num_classes).build()
 
 
 def check_neck(meta_arch: DictConfig, choice: str | None = None) -> None:

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from benchmark.device import Device
 from benchmark.distributed import SINGLE, Ranks
+from benchmark.spec import OptimizerSpec
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -147,7 +147,7 @@ def train(
     model.to(device.torch_device).train()
     net = ranks.unwrap(model)  # the weights without DDP's ``module.`` prefix: checkpoints
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.optimizer, params=params)
+    optimizer = OptimizerSpec.from_cfg(cfg.optimizer).build(params)  # as the memory probe's
     max_iters = int(cfg.max_iters)
 
     def factor(it: int) -> float:

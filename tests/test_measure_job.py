@@ -112,6 +112,10 @@ def check_complete(result: dict, out: Path) -> None:
     assert stages == pytest.approx(result["latency_ms"], rel=0.05)
     assert result["gmacs"] > 0 and 0 < result["peak_fraction"] < 2
     assert result["peak_mem_mb"] > 0 and result["train_peak_mem_mb"] > result["peak_mem_mb"]
+    # Within the budget (half the free memory): both measured at the batch they are for.
+    assert result["mem_budget_mb"] > 0 and result["input_shape"] == [96, 96]
+    assert result["peak_mem_source"] == result["train_mem_source"] == "measured"
+    assert result["train_mem_batch_size"] == result["train_mem_probe_batch_size"] == 2
     assert result["timing_n"] == 5 and result["input_size"] == [96, 96]
     samples = json.loads((out / "latency_samples.json").read_text())
     assert len(samples["end_to_end_ms"]) == 5

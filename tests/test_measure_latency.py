@@ -14,6 +14,7 @@ from benchmark.device import Device
 from benchmark.measure import SAMPLES_FILE, measure
 from benchmark.measure.latency import measure_latency, measure_throughput, summarize
 from benchmark.measure.settings import BenchSettings
+from benchmark.spec import InputSpec
 
 BENCH_YAML = Path(__file__).resolve().parents[1] / "sweeps" / "bench" / "default.yaml"
 CPU = Device.from_spec("cpu")
@@ -111,7 +112,7 @@ def test_measure_fast_path_writes_samples(toy, tmp_path):
         "throughput_iters": 1,
         "enabled": {"flops": False, "memory": False, "roofline": False},
     }
-    out = measure(model, dataset, bench, CPU, image_size=(128, 128), out_dir=tmp_path)
+    out = measure(model, dataset, bench, CPU, input_spec=InputSpec("square", 128), out_dir=tmp_path)
     assert out["measure_errors"] == {}
     assert out["latency_ms"] > 0 and out["throughput_ips"] > 0 and out["timing_n"] == 4
     assert out["gmacs"] is None and out["peak_mem_mb"] is None and out["peak_fraction"] is None

@@ -27,6 +27,7 @@ from benchmark.report.cli import main as report_cli
 from benchmark.report.style import label
 from benchmark.schema.docs import BLOCK, update
 from benchmark.schema.format import format_value, job_line
+from benchmark.spec import InputSpec
 
 README = Path(__file__).resolve().parents[1] / "results" / "README.md"
 CPU = Device.from_spec("cpu")
@@ -177,12 +178,14 @@ BENCH = {
 def test_a_new_metric_needs_only_its_probe_and_the_schema(p95_metric, toy, tmp_path):
     model, dataset = toy
     # The probe writes it into the job's result ...
-    out = measure(model, dataset, BENCH, CPU, image_size=(64, 64), out_dir=tmp_path)
+    out = measure(model, dataset, BENCH, CPU, input_spec=InputSpec("square", 64), out_dir=tmp_path)
     samples = json.loads((tmp_path / SAMPLES_FILE).read_text())["end_to_end_ms"]
     assert out["latency_ms_p95"] == pytest.approx(np.percentile(samples, 95))
     # ... and it is null, not missing, when its measurement is off.
     off = {**BENCH, "enabled": {**BENCH["enabled"], "latency": False}}
-    assert "latency_ms_p95" in (quiet := measure(model, dataset, off, CPU, image_size=(64, 64)))
+    assert "latency_ms_p95" in (
+        quiet := measure(model, dataset, off, CPU, input_spec=InputSpec("square", 64))
+    )
     assert quiet["latency_ms_p95"] is None
 
     sweep = tmp_path / "sweep"

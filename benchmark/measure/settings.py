@@ -45,6 +45,8 @@ class BenchSettings:
     enabled: Enabled = field(default_factory=Enabled)
     memory_fresh_process: bool = True
     train_batch_size: int | None = None
+    memory_max_fraction: float = 0.5
+    memory_extrapolate: bool = True
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -53,6 +55,12 @@ class BenchSettings:
             raise ValueError(
                 "bench.num_images and bench.batch_size must be >= 1, bench.warmup >= 0"
             )
+        if not 0.0 < self.memory_max_fraction <= 1.0:
+            raise ValueError(
+                f"bench.memory_max_fraction must be in (0, 1], got {self.memory_max_fraction}"
+            )
+        if self.train_batch_size is not None and self.train_batch_size < 1:
+            raise ValueError(f"bench.train_batch_size must be >= 1, got {self.train_batch_size}")
 
     @classmethod
     def from_cfg(cls, node: Any | None) -> BenchSettings:

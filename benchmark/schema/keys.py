@@ -56,6 +56,10 @@ _add("reference_model", "identity", "`meta_arch=torchvision` only: the torchvisi
      kind="text")
 _add("resize_mode", "identity", "how images are resized, declared by the model class: "
      "`square` (single-shot) or `shorter_side` (two-stage)", kind="text")
+_add("input_shape", "identity", "`[H, W]` a typical validation image has after resizing: "
+     "`[M, M]` for `square`; for `shorter_side` the upper median by area of the resized "
+     "validation images (e.g. `[600, 800]` for 640x480 photos at M = 600). `num_anchors` and "
+     "the memory probes use it", unit="px", kind="list")
 _add("seed", "identity", "random seed of data order and initialization", kind="integer")
 _add("config_fingerprint", "identity", "digest of the resolved configuration: a job is "
      "skipped only when its folder's result has the same one (issue 13)", kind="text")
@@ -191,8 +195,30 @@ _add("train_peak_mem_mb", "memory", "the same for one training step at "
      short="training memory", cost=True, probe="memory", table=True)
 _add("train_peak_mem_reserved_mb", "memory", "CUDA reserved memory of the training step",
      unit="MiB", probe="memory")
-_add("train_mem_batch_size", "memory", "batch of the training-step probe", unit="images",
-     kind="integer", probe="memory")
+_add("train_mem_batch_size", "memory", "the batch `train_peak_mem_mb` is for "
+     "(`bench.train_batch_size`, else `train.batch_size`)", unit="images", kind="integer",
+     probe="memory")
+_add("mem_budget_mb", "memory", "what one memory probe could allocate: "
+     "`bench.memory_max_fraction` of the free memory (CPU `MemAvailable`, CUDA free); null "
+     "when unknown (then unbounded)", unit="MiB", probe="memory")
+_add("peak_mem_batch_size", "memory", "the batch `peak_mem_mb` is for (`bench.batch_size`)",
+     unit="images", kind="integer", probe="memory")
+_add("peak_mem_probe_batch_size", "memory", "the largest batch the inference probe actually "
+     "ran", unit="images", kind="integer", probe="memory")
+_add("train_mem_probe_batch_size", "memory", "the largest batch the training-step probe "
+     "actually ran (below `train_mem_batch_size` when extrapolated or stopped)",
+     unit="images", kind="integer", probe="memory")
+_add("peak_mem_source", "memory", "`measured` (run at the batch it is for), `extrapolated` "
+     "(that batch exceeded the budget: a line through two smaller batches that fit), or null "
+     "(no number; see the note)", kind="text", probe="memory")
+_add("train_mem_source", "memory", "the same for `train_peak_mem_mb`", kind="text",
+     probe="memory")
+_add("peak_mem_note", "memory", "null when measured; otherwise the two batches of an "
+     "extrapolation, or why there is no number (over the budget with no second batch that "
+     "fits, `bench.memory_extrapolate=false`, or the hard memory limit stopped the probe)",
+     kind="text", probe="memory")
+_add("train_mem_note", "memory", "the same for `train_peak_mem_mb`", kind="text",
+     probe="memory")
 _add("peak_mem_method", "memory", "which definition applies: `cuda_max_memory_allocated`, "
      "`cpu_peak_rss_increase_fresh_process` (exact), `cpu_peak_rss_increase` (in-process, "
      "`bench.memory_fresh_process=false`: approximate); `_no_reset` when the kernel's peak "
@@ -211,7 +237,7 @@ _add("params", "data", "all parameters", unit="count", kind="integer", label="Pa
      short="parameters", cost=True, fmt="count", table=True)
 _add("params_trainable", "data", "parameters with `requires_grad`", unit="count",
      kind="integer", fmt="count")
-_add("num_anchors", "data", "anchors / default boxes per image at `image_size` (the "
+_add("num_anchors", "data", "anchors / default boxes per image at `input_shape` (the "
      "\"#Boxes\" of the DSSD and RefineDet tables; RPN anchors for two-stage detectors)",
      unit="count", kind="integer", short="anchors", fmt="count", table=True)
 _add("crop_size", "data", "side of the RoI crops of the two-stage box classifier (issue 15)",
