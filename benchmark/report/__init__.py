@@ -3,8 +3,9 @@
 Roles, one module each: :mod:`.table` (every result.json as one DataFrame), :mod:`.pareto`
 (frontiers and critical points), :mod:`.figures`, :mod:`.paper_figures` and
 :mod:`.cost_figures` (matplotlib), :mod:`.html` (the self-contained page), :mod:`.writer`
-(writes all files of a sweep folder), :mod:`.cli` (``detbench-report``) and :mod:`.callback`
-(runs it after every multirun).
+(writes all files of a sweep folder), :mod:`.select` (the metric, costs and rows a report is
+about), :mod:`.cli` (``detbench-report``) and :mod:`.callback` (runs it after every
+multirun). Columns, labels, formats and cost axes come from :mod:`benchmark.schema`.
 
 The names below are imported on first use (PEP 562), so importing the callback at the start
 of every ``detbench`` run does not load pandas and matplotlib.
