@@ -30,6 +30,10 @@ class BenchSettings:
 
     warmup: int = 5
     num_images: int = 20
+    # The YAML times more images for cheap models (min_seconds 3, max_images 200); here
+    # the defaults time exactly num_images, which direct callers (tests) rely on.
+    min_seconds: float = 0.0
+    max_images: int | None = None
     batch_size: int = 1
     precision: str = "fp32"
     channels_last: bool = False
@@ -52,6 +56,13 @@ class BenchSettings:
         if self.num_images < 1 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError(
                 "bench.num_images and bench.batch_size must be >= 1, bench.warmup >= 0"
+            )
+        if self.min_seconds < 0:
+            raise ValueError(f"bench.min_seconds must be >= 0, got {self.min_seconds}")
+        if self.max_images is not None and self.max_images < self.num_images:
+            raise ValueError(
+                f"bench.max_images ({self.max_images}) must be >= bench.num_images "
+                f"({self.num_images}), or null"
             )
 
     @classmethod

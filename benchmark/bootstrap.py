@@ -1,0 +1,363 @@
+"""Bootstrap confidence intervals of the 12 COCO metrics over validation images.
+
+``COCOeval.evaluate()`` matches detections to ground truth once per (category, area range,
+image); ``accumulate()`` then pools those per-image matches over all images into precision
+and recall. Resampling *images* changes only the pooling, never the matching, so each
+bootstrap resample is re-accumulated from the stored matches (``COCOeval.evalImgs``) with
+every image weighted by the number of times it was drawn: seconds for 1,000 resamples,
+instead of 1,000 runs of ``evaluate()``.
+
+A resample draws N images with replacement from the N validation images (images without
+ground truth or detections included). An image drawn k times counts as k independent
+images: its ground truth counts k times towards recall, and each of its detections appears
+k times in the score-ranked list, the k copies next to each other (they have one score).
+This equals running pycocotools on a dataset in which the image is copied k times, which
+the tests check. For weight 1 everywhere, :func:`accumulate` gives exactly pycocotools'
+precision and recall arrays (and :func:`summarize` its 12 numbers), ties in score included:
+detections are ranked with pycocotools' own stable sort.
+
+Why a weighted detection can be one point of the precision/recall curve rather than k:
+along k copies of a true positive precision rises, so the interpolated precision (the
+running maximum from the right) is the same over the whole run and equals its value at the
+last copy; k copies of a false positive keep recall constant and are dominated by the point
+just before them. Detections of undrawn images (weight 0) repeat the previous point and
+change nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+# (AP or AR, IoU threshold or None for .5:.95, area label, index into maxDets) per stat, as
+# in pycocotools' _summarizeDets.
+_STATS = (
+    (1, None, "all", 2),
+    (1, 0.5, "all", 2),
+    (1, 0.75, "all", 2),
+    (1, None, "small", 2),
+    (1, None, "medium", 2),
+    (1, None, "large", 2),
+    (0, None, "all", 0),
+    (0, None, "all", 1),
+    (0, None, "all", 2),
+    (0, None, "small", 2),
+    (0, None, "medium", 2),
+    (0, None, "large", 2),
+)
+METHOD = "percentile"
+BOOKKEEPING_KEYS = (
+    "bootstrap_samples",
+    "bootstrap_method",
+    "bootstrap_confidence",
+    "bootstrap_seconds",
+)
+# Floats per chunk of resamples (precision array, cumulative sums): bounds memory to ~100 MB.
+_CHUNK_FLOATS = 4_000_000
+
+
+@dataclass(frozen=True)
+class _Block:
+    """The detections of one (category, area range, maxDet) in accumulate()'s ranking.
+
+    Detections ignored at every IoU threshold are left out: they change neither count.
+    Most detections of a weak detector are false positives at every threshold; they enter
+    only through one cumulative count (``always_fp``), while the per-threshold work runs on
+    the few others (``tp``/``fp`` at positions ``mixed``).
+    """
+
+    image: np.ndarray  # [n] int: index of each detection's image
+    always_fp: np.ndarray  # [n] bool: false positive at every IoU threshold
+    mixed: np.ndarray  # [q] int: positions of the other detections
+    tp: np.ndarray  # [T, q] bool: true positive at each IoU threshold
+    fp: np.ndarray  # [T, q] bool: false positive at each IoU threshold
+    tp_per_image: np.ndarray  # [I, T] float: true positives of each image (for recall)
+
+
+@dataclass(frozen=True)
+class PerImageMatches:
+    """pycocotools' per-image matching of one evaluation, arranged for re-accumulation.
+
+    Attributes:
+        num_images: I, the evaluated images (``params.imgIds``).
+        params: the COCOeval params (IoU and recall thresholds, area ranges, maxDets).
+        num_gt: ``[K, A, I]`` non-ignored ground truth per category, area range and image.
+        blocks: ``(k, a, m) -> _Block``, absent where no image has ground truth or
+            detections of category k (pycocotools then leaves precision and recall at -1).
+    """
+
+    num_images: int
+    params: object
+    num_gt: np.ndarray
+    blocks: dict[tuple[int, int, int], _Block]
+
+    @classmethod
+    def from_cocoeval(cls, ev: COCOeval) -> PerImageMatches:
+        """Read ``ev.evalImgs`` after ``ev.evaluate()`` (default bbox parameters)."""
+        p = ev._paramsEval
+        cat_ids = p.catIds if p.useCats else [-1]
+        K, A, I = len(cat_ids), len(p.areaRng), len(p.imgIds)  # noqa: E741
+        T = len(p.iouThrs)
+        num_gt = np.zeros((K, A, I), dtype=np.int64)
+        blocks = {}
+        for k in range(K):
+            for a in range(A):
+                base = k * A * I + a * I
+                entries = [(i, ev.evalImgs[base + i]) for i in range(I)]
+                entries = [(i, e) for i, e in entries if e is not None]
+                for i, e in entries:
+                    num_gt[k, a, i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+                if not entries:
+                    continue
+                for m, max_det in enumerate(p.maxDets):
+                    blocks[k, a, m] = _block(entries, max_det, T, I)
+        return cls(I, p, num_gt, blocks)
+
+
+def _block(entries: list[tuple[int, dict]], max_det: int, T: int, I: int) -> _Block:  # noqa: E741
+    """Pool the per-image matches as accumulate() does: concatenate the images in order,
+    keep each image's first ``max_det`` detections, rank by score with a stable sort."""
+    scores = np.concatenate([np.asarray(e["dtScores"][:max_det], dtype=float) for _, e in entries])
+    image = np.concatenate(
+        [np.full(min(len(e["dtScores"]), max_det), i, dtype=np.int64) for i, e in entries]
+    )
+    order = np.argsort(-scores, kind="mergesort")
+    dtm = np.concatenate([e["dtMatches"][:, :max_det] for _, e in entries], axis=1)[:, order]
+    dt_ig = np.concatenate([e["dtIgnore"][:, :max_det] for _, e in entries], axis=1)[:, order]
+    image = image[order]
+    tp = np.logical_and(dtm, np.logical_not(dt_ig)).reshape(T, -1)
+    fp = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ig)).reshape(T, -1)
+    keep = (tp | fp).any(axis=0)
+    tp, fp, image = tp[:, keep], fp[:, keep], image[keep]
+    tp_per_image = np.zeros((I, T))
+    np.add.at(tp_per_image, image, tp.T.astype(float))
+    always_fp = fp.all(axis=0)
+    mixed = np.flatnonzero(~always_fp)
+    return _Block(image, always_fp, mixed, tp[:, mixed], fp[:, mixed], tp_per_image)
+
+
+def _first_count(num_gt: int, rec_thrs: np.ndarray, cache: dict) -> np.ndarray:
+    """For each recall threshold r, the fewest true positives c with ``c / num_gt >= r``,
+    with the same float division as pycocotools (so equality cases agree exactly)."""
+    if num_gt not in cache:
+        recalls = np.arange(num_gt + 1) / num_gt
+        cache[num_gt] = np.searchsorted(recalls, rec_thrs, side="left")
+    return cache[num_gt]
+
+
+def _block_precision(
+    block: _Block, weights: np.ndarray, num_gt: np.ndarray, rec_thrs: np.ndarray, cache: dict
+) -> np.ndarray:
+    """Interpolated precision at the recall thresholds for each weight vector.
+
+    The curve is evaluated only at the ``mixed`` detections. That is exact: a false
+    positive's precision is below that of the point before it, so it never raises the
+    interpolated precision (the running maximum from the right) of an earlier point, and the
+    first point to reach a recall threshold is a true positive (or, for recall 0, a point
+    whose interpolated precision is the maximum over the true positives, or 0 without any).
+
+    Args:
+        weights: ``[B, I]`` image multiplicities.
+        num_gt: ``[B]`` weighted non-ignored ground truth (> 0).
+
+    Returns:
+        ``[B, T, R]``: pycocotools' ``q`` (0 beyond the highest recall reached).
+    """
+    B = len(weights)
+    T, n = block.tp.shape
+    R = len(rec_thrs)
+    out = np.zeros((B, T, R))
+    if n == 0:  # no true positive at any threshold: precision 0 at every recall
+        return out
+    step = max(1, _CHUNK_FLOATS // (6 * T * n + len(block.image)))
+    for lo in range(0, B, step):
+        w_all = weights[lo : lo + step, block.image]  # [b, N]
+        b = len(w_all)
+        before = np.cumsum(w_all * block.always_fp, axis=1)[:, block.mixed]  # [b, n]
+        w = w_all[:, block.mixed][:, None, :]  # [b, 1, n]
+        tpc = np.cumsum(w * block.tp, axis=2)  # [b, T, n] integer-valued floats
+        fpc = np.cumsum(w * block.fp, axis=2) + before[:, None, :]
+        pr = tpc / (fpc + tpc + np.spacing(1))
+        envelope = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]
+        # First detection whose recall reaches each threshold: recall >= r exactly when the
+        # true-positive count >= c_r, so search integer counts, all rows at once (each row
+        # shifted above the previous one so the flattened array stays sorted).
+        first = np.stack([_first_count(int(g), rec_thrs, cache) for g in num_gt[lo : lo + b]])
+        counts = tpc.astype(np.int64).reshape(b * T, n)
+        shift = int(max(counts.max(), first.max())) + 2
+        offsets = np.arange(b * T, dtype=np.int64)[:, None] * shift
+        keys = np.repeat(first, T, axis=0) + offsets  # [b*T, R]
+        pos = np.searchsorted((counts + offsets).ravel(), keys.ravel(), side="left")
+        pos = pos.reshape(b * T, R) - np.arange(b * T)[:, None] * n
+        reached = pos < n
+        q = np.take_along_axis(envelope.reshape(b * T, n), np.minimum(pos, n - 1), axis=1)
+        out[lo : lo + b] = np.where(reached, q, 0.0).reshape(b, T, R)
+    return out
+
+
+def accumulate(
+    matches: PerImageMatches, weights: np.ndarray, *, all_max_dets: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``COCOeval.accumulate()`` for each row of image weights.
+
+    Args:
+        matches: the per-image matching of one evaluation.
+        weights: ``[B, I]`` how many times each image counts (all ones: the full set).
+        all_max_dets: compute precision for every maxDet; False leaves it at -1 below the
+            largest, which is all :func:`summarize` reads (AP is defined at 100 detections).
+
+    Returns:
+        ``precision [B, T, R, K, A, M]`` and ``recall [B, T, K, A, M]``, -1 where a
+        category has no (non-ignored) ground truth, like ``COCOeval.eval``.
+    """
+    p = matches.params
+    weights = np.asarray(weights, dtype=float)
+    B = len(weights)
+    K, A, _ = matches.num_gt.shape
+    T, R, M = len(p.iouThrs), len(p.recThrs), len(p.maxDets)
+    precision = -np.ones((B, T, R, K, A, M))
+    recall = -np.ones((B, T, K, A, M))
+    cache: dict[int, np.ndarray] = {}
+    for (k, a, m), block in matches.blocks.items():
+        need_precision = all_max_dets or m == M - 1
+        num_gt = np.rint(weights @ matches.num_gt[k, a]).astype(np.int64)  # [B]
+        has_gt = num_gt > 0
+        if not has_gt.any():
+            continue
+        w, g = weights[has_gt], num_gt[has_gt]
+        recall[has_gt, :, k, a, m] = (w @ block.tp_per_image) / g[:, None]
+        if need_precision:
+            precision[has_gt, :, :, k, a, m] = _block_precision(block, w, g, p.recThrs, cache)
+    return precision, recall
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray, params) -> np.ndarray:
+    """pycocotools' 12 summary numbers for each resample: ``[B, 12]``, -1 where undefined.
+
+    The same selection as ``COCOeval.summarize()`` and the mean over the entries > -1,
+    vectorised over resamples (the summation order differs from ``np.mean``'s, so the full
+    set matches ``COCOeval.stats`` to float rounding; the arrays themselves match exactly).
+    """
+    out = -np.ones((len(precision), len(_STATS)))
+    labels = list(params.areaRngLbl)
+    for j, (ap, iou, area, m) in enumerate(_STATS):
+        a = labels.index(area)
+        t = np.flatnonzero(iou == params.iouThrs) if iou is not None else slice(None)
+        # Basic indexing first, then the thresholds: mixing an index array with slices
+        # and integers would move the resample axis.
+        s = (precision[..., a, m] if ap else recall[..., a, m])[:, t]
+        s = s.reshape(len(s), -1)
+        valid = s > -1
+        count = valid.sum(axis=1)
+        total = np.where(valid, s, 0.0).sum(axis=1)
+        out[:, j] = np.where(count > 0, total / np.maximum(count, 1), -1.0)
+    return out
+
+
+def bootstrap_stats(
+    matches: PerImageMatches, samples: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 12 metrics on ``samples`` resamples of the images.
+
+    Returns:
+        ``[samples, 12]`` metrics (NaN where a resample leaves a metric undefined, e.g. no
+        small objects drawn) and the ``[samples, I]`` weights used.
+    """
+    rng = np.random.default_rng(seed)
+    n = matches.num_images
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)
+    p = matches.params
+    K, A, _ = matches.num_gt.shape
+    per_sample = len(p.iouThrs) * len(p.recThrs) * K * A * len(p.maxDets)
+    step = max(1, _CHUNK_FLOATS // per_sample)
+    parts = []
+    for lo in range(0, samples, step):
+        parts.append(
+            summarize(*accumulate(matches, weights[lo : lo + step], all_max_dets=False), p)
+        )
+    stats = np.concatenate(parts) if parts else np.zeros((0, len(_STATS)))
+    return np.where(stats > -1, stats, np.nan), weights
+
+
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    """The percentile bootstrap interval (numpy's linear interpolation) of the defined values,
+    or None when fewer than half of the resamples define the metric."""
+    defined = values[np.isfinite(values)]
+    if defined.size == 0 or defined.size < 0.5 * values.size:
+        return None
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """The ``eval`` config node (``sweeps/config.yaml``): resamples, seed, confidence."""
+
+    bootstrap: int = 1000  # resamples; 0 switches the intervals off (keys null)
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+
+    def __post_init__(self):
+        if not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise ValueError(f"eval.bootstrap must be an integer >= 0, got {self.bootstrap!r}")
+        if not 0.0 < float(self.confidence) < 1.0:
+            raise ValueError(f"eval.confidence must be in (0, 1), got {self.confidence!r}")
+
+    @classmethod
+    def from_cfg(cls, node: Any | None) -> BootstrapSettings:
+        """From the ``eval`` DictConfig or a dict (None: the defaults); unknown keys raise."""
+        if node is None:
+            return cls()
+        data = dict(node)
+        known = {f.name for f in fields(cls)}
+        if unknown := set(data) - known:
+            raise ValueError(f"unknown eval settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def interval_key_names(metric_keys: Iterable[str]) -> tuple[str, ...]:
+    """``<metric>_ci_low``, ``<metric>_ci_high`` per metric, then the ``bootstrap_*`` keys."""
+    names = [f"{k}_ci_{side}" for k in metric_keys for side in ("low", "high")]
+    return (*names, *BOOKKEEPING_KEYS)
+
+
+def interval_keys(ev: COCOeval | None, metrics: dict, settings: BootstrapSettings) -> dict:
+    """The interval keys of :func:`interval_key_names` for one evaluation.
+
+    Args:
+        ev: the COCOeval after ``evaluate()``; None when there were no detections (every
+            resample then scores what the full set scores: 0).
+        metrics: the 12 point estimates (pycocotools' own numbers) in ``COCOeval.stats``
+            order, None where undefined; a metric without estimate gets no interval.
+        settings: resamples (0: every interval null), seed and confidence.
+    """
+    if len(metrics) != len(_STATS):
+        raise ValueError(f"expected the {len(_STATS)} COCO metrics, got {list(metrics)}")
+    t0 = time.perf_counter()
+    out: dict[str, Any] = dict.fromkeys(interval_key_names(metrics))
+    samples = settings.bootstrap
+    if samples > 0 and ev is None:
+        for key, value in metrics.items():
+            if value is not None:
+                out[f"{key}_ci_low"] = out[f"{key}_ci_high"] = float(value)
+    elif samples > 0:
+        stats, _ = bootstrap_stats(
+            PerImageMatches.from_cocoeval(ev), samples, settings.bootstrap_seed
+        )
+        for j, (key, value) in enumerate(metrics.items()):
+            ci = percentile_interval(stats[:, j], settings.confidence)
+            if value is not None and ci is not None:
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci
+    out.update(
+        bootstrap_samples=samples,
+        bootstrap_method=METHOD if samples > 0 else None,
+        bootstrap_confidence=float(settings.confidence) if samples > 0 else None,
+        bootstrap_seconds=time.perf_counter() - t0,
+    )
+    return out
