@@ -57,7 +57,7 @@ BOOKKEEPING_KEYS = (
     "bootstrap_confidence",
     "bootstrap_seconds",
 )
-# Floats per chunk of resamples (precision array, cumulative sums): bounds memory to ~100 MB.
+# Floats per chunk of resamples in the cumulative sums: bounds memory to ~100 MB.
 _CHUNK_FLOATS = 4_000_000
 
 
@@ -187,7 +187,8 @@ def _block_precision(
         # First detection whose recall reaches each threshold: recall >= r exactly when the
         # true-positive count >= c_r, so search integer counts, all rows at once (each row
         # shifted above the previous one so the flattened array stays sorted).
-        first = np.stack([_first_count(int(g), rec_thrs, cache) for g in num_gt[lo : lo + b]])
+        unique, inverse = np.unique(num_gt[lo : lo + b], return_inverse=True)
+        first = np.stack([_first_count(int(g), rec_thrs, cache) for g in unique])[inverse]
         counts = tpc.astype(np.int64).reshape(b * T, n)
         shift = int(max(counts.max(), first.max())) + 2
         offsets = np.arange(b * T, dtype=np.int64)[:, None] * shift
@@ -200,16 +201,12 @@ def _block_precision(
     return out
 
 
-def accumulate(
-    matches: PerImageMatches, weights: np.ndarray, *, all_max_dets: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """``COCOeval.accumulate()`` for each row of image weights.
+def accumulate(matches: PerImageMatches, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``COCOeval.accumulate()`` for each row of image weights (the full arrays).
 
     Args:
         matches: the per-image matching of one evaluation.
         weights: ``[B, I]`` how many times each image counts (all ones: the full set).
-        all_max_dets: compute precision for every maxDet; False leaves it at -1 below the
-            largest, which is all :func:`summarize` reads (AP is defined at 100 detections).
 
     Returns:
         ``precision [B, T, R, K, A, M]`` and ``recall [B, T, K, A, M]``, -1 where a
@@ -224,24 +221,22 @@ def accumulate(
     recall = -np.ones((B, T, K, A, M))
     cache: dict[int, np.ndarray] = {}
     for (k, a, m), block in matches.blocks.items():
-        need_precision = all_max_dets or m == M - 1
         num_gt = np.rint(weights @ matches.num_gt[k, a]).astype(np.int64)  # [B]
         has_gt = num_gt > 0
         if not has_gt.any():
             continue
         w, g = weights[has_gt], num_gt[has_gt]
         recall[has_gt, :, k, a, m] = (w @ block.tp_per_image) / g[:, None]
-        if need_precision:
-            precision[has_gt, :, :, k, a, m] = _block_precision(block, w, g, p.recThrs, cache)
+        precision[has_gt, :, :, k, a, m] = _block_precision(block, w, g, p.recThrs, cache)
     return precision, recall
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray, params) -> np.ndarray:
-    """pycocotools' 12 summary numbers for each resample: ``[B, 12]``, -1 where undefined.
+    """pycocotools' 12 summary numbers from :func:`accumulate`'s arrays: ``[B, 12]``.
 
-    The same selection as ``COCOeval.summarize()`` and the mean over the entries > -1,
-    vectorised over resamples (the summation order differs from ``np.mean``'s, so the full
-    set matches ``COCOeval.stats`` to float rounding; the arrays themselves match exactly).
+    The same selection as ``COCOeval.summarize()`` and the mean over the entries > -1
+    (-1 where there is none), vectorised over resamples. The summation order differs from
+    ``np.mean``'s, so the full set matches ``COCOeval.stats`` to float rounding.
     """
     out = -np.ones((len(precision), len(_STATS)))
     labels = list(params.areaRngLbl)
@@ -259,6 +254,51 @@ def summarize(precision: np.ndarray, recall: np.ndarray, params) -> np.ndarray:
     return out
 
 
+def stats(matches: PerImageMatches, weights: np.ndarray) -> np.ndarray:
+    """The 12 metrics for each row of image weights, ``[B, 12]`` (-1 where undefined).
+
+    :func:`accumulate` + :func:`summarize` without the full precision array: AP reads only
+    the precision at the largest maxDet, and a category's precision is either all -1 (no
+    ground truth) or all defined, so summing over the recall thresholds at once is enough.
+    This is what the bootstrap runs.
+    """
+    p = matches.params
+    weights = np.asarray(weights, dtype=float)
+    B = len(weights)
+    K, A, _ = matches.num_gt.shape
+    T, R, M = len(p.iouThrs), len(p.recThrs), len(p.maxDets)
+    precision_sum = np.zeros((B, T, K, A))  # summed over the R recall thresholds
+    has_precision = np.zeros((B, K, A), dtype=bool)
+    recall = -np.ones((B, T, K, A, M))
+    cache: dict[int, np.ndarray] = {}
+    for (k, a, m), block in matches.blocks.items():
+        num_gt = np.rint(weights @ matches.num_gt[k, a]).astype(np.int64)
+        has_gt = num_gt > 0
+        if not has_gt.any():
+            continue
+        w, g = weights[has_gt], num_gt[has_gt]
+        recall[has_gt, :, k, a, m] = (w @ block.tp_per_image) / g[:, None]
+        if m == M - 1:
+            q = _block_precision(block, w, g, p.recThrs, cache)
+            precision_sum[has_gt, :, k, a] = q.sum(axis=2)
+            has_precision[has_gt, k, a] = True
+    out = -np.ones((B, len(_STATS)))
+    labels = list(p.areaRngLbl)
+    for j, (ap, iou, area, m) in enumerate(_STATS):
+        a = labels.index(area)
+        t = np.flatnonzero(iou == p.iouThrs) if iou is not None else np.arange(T)
+        if ap:
+            assert m == M - 1, "AP is summarized at the largest maxDet"
+            count = has_precision[:, :, a].sum(axis=1) * len(t) * R
+            total = precision_sum[..., a][:, t].sum(axis=(1, 2))  # (see summarize)
+        else:
+            s = recall[..., a, m][:, t].reshape(B, -1)
+            count = (s > -1).sum(axis=1)
+            total = np.where(s > -1, s, 0.0).sum(axis=1)
+        out[:, j] = np.where(count > 0, total / np.maximum(count, 1), -1.0)
+    return out
+
+
 def bootstrap_stats(
     matches: PerImageMatches, samples: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -271,17 +311,8 @@ def bootstrap_stats(
     rng = np.random.default_rng(seed)
     n = matches.num_images
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)
-    p = matches.params
-    K, A, _ = matches.num_gt.shape
-    per_sample = len(p.iouThrs) * len(p.recThrs) * K * A * len(p.maxDets)
-    step = max(1, _CHUNK_FLOATS // per_sample)
-    parts = []
-    for lo in range(0, samples, step):
-        parts.append(
-            summarize(*accumulate(matches, weights[lo : lo + step], all_max_dets=False), p)
-        )
-    stats = np.concatenate(parts) if parts else np.zeros((0, len(_STATS)))
-    return np.where(stats > -1, stats, np.nan), weights
+    out = stats(matches, weights) if samples else np.zeros((0, len(_STATS)))
+    return np.where(out > -1, out, np.nan), weights
 
 
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float] | None:
@@ -347,11 +378,10 @@ def interval_keys(ev: COCOeval | None, metrics: dict, settings: BootstrapSetting
             if value is not None:
                 out[f"{key}_ci_low"] = out[f"{key}_ci_high"] = float(value)
     elif samples > 0:
-        stats, _ = bootstrap_stats(
-            PerImageMatches.from_cocoeval(ev), samples, settings.bootstrap_seed
-        )
+        matches = PerImageMatches.from_cocoeval(ev)
+        resampled, _ = bootstrap_stats(matches, samples, settings.bootstrap_seed)
         for j, (key, value) in enumerate(metrics.items()):
-            ci = percentile_interval(stats[:, j], settings.confidence)
+            ci = percentile_interval(resampled[:, j], settings.confidence)
             if value is not None and ci is not None:
                 out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci
     out.update(

@@ -14,6 +14,7 @@ from benchmark.bootstrap import (
     accumulate,
     bootstrap_stats,
     interval_key_names,
+    stats,
     summarize,
 )
 from benchmark.evaluate import ACCURACY_KEYS, METRIC_KEYS, coco_metrics
@@ -49,12 +50,12 @@ def test_full_set_reproduces_pycocotools_exactly(seed, decimals):
     assert np.array_equal(precision, ev.eval["precision"])
     assert np.array_equal(recall, ev.eval["recall"])
     # The 12 numbers: the same selection, summed in another order (float rounding only).
-    stats = summarize(precision[None], recall[None], ev.params)[0]
-    np.testing.assert_allclose(stats, ev.stats, rtol=0, atol=1e-15)
+    summary = summarize(precision[None], recall[None], ev.params)[0]
+    np.testing.assert_allclose(summary, ev.stats, rtol=0, atol=1e-15)
     assert 0.05 < ev.stats[0] < 0.95 and (ev.stats[3:6] > 0).all()  # a non-trivial case
-    # The bootstrap's own path (precision only at 100 detections) gives the same numbers.
-    fast = accumulate(matches, np.ones((1, matches.num_images)), all_max_dets=False)
-    np.testing.assert_allclose(summarize(*fast, ev.params)[0], ev.stats, rtol=0, atol=1e-15)
+    # The bootstrap's own path (no full precision array) gives the same numbers.
+    fast = stats(matches, np.ones((1, matches.num_images)))[0]
+    np.testing.assert_allclose(fast, ev.stats, rtol=0, atol=1e-15)
 
 
 def test_a_resample_equals_pycocotools_on_the_duplicated_images():
@@ -76,8 +77,8 @@ def test_bootstrap_stats_equal_pycocotools_on_the_duplicated_images():
     """The batched path (many resamples at once, precision only at 100 detections)."""
     gt, dets = random_coco(6, score_decimals=None)
     matches = PerImageMatches.from_cocoeval(run_cocoeval(gt, dets))
-    stats, weights = bootstrap_stats(matches, 5, seed=4)
-    for row, copies in zip(stats[:2], weights[:2], strict=True):
+    resampled, weights = bootstrap_stats(matches, 5, seed=4)
+    for row, copies in zip(resampled[:2], weights[:2], strict=True):
         reference = run_cocoeval(*replicate(gt, dets, copies.astype(int))).stats
         np.testing.assert_allclose(row, np.where(reference > -1, reference, np.nan), atol=1e-15)
 

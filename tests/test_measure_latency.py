@@ -67,8 +67,10 @@ def test_time_budget_times_more_images_up_to_the_cap(toy):
     assert keys["timing_n"] == 7 == len(record["end_to_end_ms"]) == len(record["image_indices"])
     keys, _ = measure_latency(model, dataset, CPU, BenchSettings(warmup=0, num_images=3))
     assert keys["timing_n"] == 3  # no budget: exactly num_images
+    fewer = BenchSettings(warmup=0, num_images=4, min_seconds=60.0, max_images=2)
+    assert measure_latency(model, dataset, CPU, fewer)[0]["timing_n"] == 4  # the minimum wins
     with pytest.raises(ValueError, match="max_images"):
-        BenchSettings(num_images=20, max_images=10)
+        BenchSettings(max_images=0)
 
 
 def test_latency_keys_order_and_stage_sum(toy):
