@@ -251,26 +251,27 @@ def _error_bars(ax, rows: pd.DataFrame, x: str, y: str) -> bool:
         # A percentile interval may miss its estimate (a biased bootstrap); never negative.
         return np.vstack([np.clip(value - lo, 0, None), np.clip(hi - value, 0, None)])
 
-    yerr, xerr = err(y), err(x)
     drawn = False
-    for i, (_, row) in enumerate(rows.iterrows()):
-        ye = None if yerr is None or np.isnan(yerr[:, i]).any() else yerr[:, i : i + 1]
-        xe = None if xerr is None or np.isnan(xerr[:, i]).any() else xerr[:, i : i + 1]
-        if ye is None and xe is None:
+    # Accuracy bars in full, cost bars (latency) lighter: accuracy is what the intervals
+    # are mostly about, and a seed interval of latency from two runs can be wide.
+    for axis, errors, width, alpha in (("y", err(y), 1.0, 0.9), ("x", err(x), 0.7, 0.5)):
+        if errors is None:
             continue
-        ax.errorbar(
-            [row[x]],
-            [row[y]],
-            yerr=ye,
-            xerr=xe,
-            fmt="none",
-            ecolor=colour_for(row["extractor"]),
-            elinewidth=1.0,
-            capsize=2.5,
-            alpha=0.9,
-            zorder=2.5,
-        )
-        drawn = True
+        for i, (_, row) in enumerate(rows.iterrows()):
+            if np.isnan(errors[:, i]).any():
+                continue
+            ax.errorbar(
+                [row[x]],
+                [row[y]],
+                **{f"{axis}err": errors[:, i : i + 1]},
+                fmt="none",
+                ecolor=colour_for(row["extractor"]),
+                elinewidth=width,
+                capsize=2.5,
+                alpha=alpha,
+                zorder=2.5,
+            )
+            drawn = True
     return drawn
 
 

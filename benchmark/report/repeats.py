@@ -14,7 +14,9 @@ every numeric column, and for the metrics that carry an interval (accuracy, late
   the hull of Student's t interval of the mean over seeds (training noise) and the repeats'
   mean per-run interval (validation-sample or timing noise). The seeds are evaluated on the
   same validation images, so their spread alone never shows how much another set of images
-  would move the number; the hull claims no more precision than either source allows.
+  would move the number; the hull claims no more precision than either source allows. It
+  is cut to the metric's range (AP and AR in [0, 1], times >= 0): with two seeds the t
+  interval is +-9 standard deviations wide.
 
 Error bars and the frontier's "better than" use these intervals.
 """
@@ -95,7 +97,9 @@ def _interval(group: pd.DataFrame, metric: str, confidence: float) -> tuple[floa
     low, high = mean_interval(values.to_numpy(float), confidence)
     if lows.notna().all() and highs.notna().all():
         low, high = min(low, float(lows.mean())), max(high, float(highs.mean()))
-    return low, high
+    # The t interval knows no bounds; the metrics do (AP and AR in [0, 1], times >= 0).
+    upper = np.inf if metric.endswith("_ms") else 1.0
+    return max(low, 0.0), min(high, upper)
 
 
 def summarize_repeats(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:

@@ -216,6 +216,7 @@ def results_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     for column in ACCURACY_COLUMNS:
         df.loc[df[column] == _COCO_ABSENT, column] = np.nan
     df = df.astype({"meta_arch": object, "extractor": object, "status": object})
+    df = df.copy()  # one block per dtype again: astype and the conversions split it per column
     df["meta_arch"] = df["meta_arch"].fillna("unknown")
     df["extractor"] = df["extractor"].fillna("unknown")
     df["status"] = df["status"].fillna("failed")
