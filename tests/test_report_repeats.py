@@ -115,6 +115,11 @@ def test_protocols_mixed_threads_get_letters():
     assert "300 px" in common and "fp32" in common and "threads" not in common
     assert "MIXED PROTOCOLS (threads): A: 1 thread; B: 2 threads" in protocols.subtitle()
     assert not Protocols(rows[rows["num_threads"] == 2]).mixed
+    pretrained = rows.assign(pretrained=np.array([True, True, False]), num_threads=2)
+    assert Protocols(pretrained).legend == {
+        "A": "150 steps x 8 images from pretrained weights",
+        "B": "150 steps x 8 images from random weights",
+    }
 
 
 @pytest.fixture(scope="module")

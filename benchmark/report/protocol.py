@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
 import pandas as pd
 
 # Protocol fields in display order. Image size is not one: sweeps vary it on purpose and
@@ -42,7 +43,8 @@ def _training(row: pd.Series) -> str:
     if not steps:
         return "untrained (profile only)"
     batch = _int(row.get("total_batch_size")) or _int(row.get("batch_size"))
-    pretrained = row.get("pretrained") is True or (
+    flag = row.get("pretrained")  # a numpy bool in a table column, NaN when unknown
+    pretrained = (isinstance(flag, bool | np.bool_) and bool(flag)) or (
         isinstance(row.get("weights_path"), str) and bool(row["weights_path"])
     )
     start = "pretrained weights" if pretrained else "random weights"
