@@ -59,6 +59,8 @@ BOOKKEEPING_KEYS = (
 )
 # Floats per chunk of resamples in the cumulative sums: bounds memory to ~100 MB.
 _CHUNK_FLOATS = 4_000_000
+# Largest per-block matrix of false positives before each mixed detection (16 MB).
+_MATRIX_FLOATS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,12 @@ class _Block:
     mixed: np.ndarray  # [q] int: positions of the other detections
     tp: np.ndarray  # [T, q] bool: true positive at each IoU threshold
     fp: np.ndarray  # [T, q] bool: false positive at each IoU threshold
-    tp_per_image: np.ndarray  # [I, T] float: true positives of each image (for recall)
+    images: np.ndarray  # [J] int: the images with a counted detection, ascending
+    tp_per_image: np.ndarray  # [J, T] float: their true positives (for recall)
+    # Always-false positives ranked before each mixed detection, per image: [F, n] counts
+    # for the images ``fp_images`` [F]; None for blocks too large (then a cumulative sum).
+    fp_images: np.ndarray
+    fp_before: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -115,11 +122,11 @@ class PerImageMatches:
                 if not entries:
                     continue
                 for m, max_det in enumerate(p.maxDets):
-                    blocks[k, a, m] = _block(entries, max_det, T, I)
+                    blocks[k, a, m] = _block(entries, max_det, T)
         return cls(I, p, num_gt, blocks)
 
 
-def _block(entries: list[tuple[int, dict]], max_det: int, T: int, I: int) -> _Block:  # noqa: E741
+def _block(entries: list[tuple[int, dict]], max_det: int, T: int) -> _Block:
     """Pool the per-image matches as accumulate() does: concatenate the images in order,
     keep each image's first ``max_det`` detections, rank by score with a stable sort."""
     scores = np.concatenate([np.asarray(e["dtScores"][:max_det], dtype=float) for _, e in entries])
@@ -134,11 +141,32 @@ def _block(entries: list[tuple[int, dict]], max_det: int, T: int, I: int) -> _Bl
     fp = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ig)).reshape(T, -1)
     keep = (tp | fp).any(axis=0)
     tp, fp, image = tp[:, keep], fp[:, keep], image[keep]
-    tp_per_image = np.zeros((I, T))
-    np.add.at(tp_per_image, image, tp.T.astype(float))
+    images, local = np.unique(image, return_inverse=True)
+    tp_per_image = np.zeros((len(images), T))
+    np.add.at(tp_per_image, local, tp.T.astype(float))
     always_fp = fp.all(axis=0)
     mixed = np.flatnonzero(~always_fp)
-    return _Block(image, always_fp, mixed, tp[:, mixed], fp[:, mixed], tp_per_image)
+    fp_positions = np.flatnonzero(always_fp)
+    fp_images, fp_local = np.unique(image[fp_positions], return_inverse=True)
+    fp_before = None
+    if len(fp_images) * len(mixed) <= _MATRIX_FLOATS:
+        # An always-false positive is before mixed detection j when at most j mixed
+        # detections precede it: count per (preceding mixed count, image), then cumulate.
+        preceding = np.searchsorted(mixed, fp_positions)
+        counts = np.zeros((len(mixed) + 1, len(fp_images)))
+        np.add.at(counts, (preceding, fp_local), 1.0)
+        fp_before = np.cumsum(counts, axis=0)[: len(mixed)].T.copy()
+    return _Block(
+        image,
+        always_fp,
+        mixed,
+        tp[:, mixed],
+        fp[:, mixed],
+        images,
+        tp_per_image,
+        fp_images,
+        fp_before,
+    )
 
 
 def _first_count(num_gt: int, rec_thrs: np.ndarray, cache: dict) -> np.ndarray:
@@ -150,16 +178,44 @@ def _first_count(num_gt: int, rec_thrs: np.ndarray, cache: dict) -> np.ndarray:
     return cache[num_gt]
 
 
+def _curves(block: _Block, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True-positive counts and interpolated precision at the mixed detections.
+
+    Evaluating the curve only there is exact: a false positive's precision is below that of
+    the point before it, so it never raises the interpolated precision (the running maximum
+    from the right) of an earlier point; and the first point to reach a recall threshold is
+    a true positive (or, for recall 0, a point whose interpolated precision is the maximum
+    over the true positives, or 0 without any).
+
+    Args:
+        chunk: ``[b, I]`` image multiplicities.
+
+    Returns:
+        ``tpc`` ``[b, T, n]`` int64 (cumulative weighted true positives) and the
+        interpolated precision ``[b, T, n]``.
+    """
+    # Weighted always-false positives ranked before each mixed detection: [b, n].
+    if block.fp_before is not None:
+        before = chunk[:, block.fp_images] @ block.fp_before
+    else:
+        before = np.cumsum(chunk[:, block.image] * block.always_fp, axis=1)[:, block.mixed]
+    w = chunk[:, block.image[block.mixed]][:, None, :]  # [b, 1, n]
+    tpc = np.cumsum(w * block.tp, axis=2)  # integer-valued floats
+    fpc = np.cumsum(w * block.fp, axis=2) + before[:, None, :]
+    pr = tpc / (fpc + tpc + np.spacing(1))  # pycocotools' formula, operation for operation
+    envelope = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]
+    return tpc.astype(np.int64), envelope
+
+
+def _chunks(block: _Block, B: int) -> range:
+    T, n = block.tp.shape
+    return range(0, B, max(1, _CHUNK_FLOATS // (6 * T * n + len(block.image))))
+
+
 def _block_precision(
     block: _Block, weights: np.ndarray, num_gt: np.ndarray, rec_thrs: np.ndarray, cache: dict
 ) -> np.ndarray:
-    """Interpolated precision at the recall thresholds for each weight vector.
-
-    The curve is evaluated only at the ``mixed`` detections. That is exact: a false
-    positive's precision is below that of the point before it, so it never raises the
-    interpolated precision (the running maximum from the right) of an earlier point, and the
-    first point to reach a recall threshold is a true positive (or, for recall 0, a point
-    whose interpolated precision is the maximum over the true positives, or 0 without any).
+    """pycocotools' precision at each recall threshold, for each weight vector.
 
     Args:
         weights: ``[B, I]`` image multiplicities.
@@ -174,22 +230,15 @@ def _block_precision(
     out = np.zeros((B, T, R))
     if n == 0:  # no true positive at any threshold: precision 0 at every recall
         return out
-    step = max(1, _CHUNK_FLOATS // (6 * T * n + len(block.image)))
-    for lo in range(0, B, step):
-        w_all = weights[lo : lo + step, block.image]  # [b, N]
-        b = len(w_all)
-        before = np.cumsum(w_all * block.always_fp, axis=1)[:, block.mixed]  # [b, n]
-        w = w_all[:, block.mixed][:, None, :]  # [b, 1, n]
-        tpc = np.cumsum(w * block.tp, axis=2)  # [b, T, n] integer-valued floats
-        fpc = np.cumsum(w * block.fp, axis=2) + before[:, None, :]
-        pr = tpc / (fpc + tpc + np.spacing(1))
-        envelope = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]
+    for lo in _chunks(block, B):
+        tpc, envelope = _curves(block, weights[lo : lo + _chunks(block, B).step])
+        b = len(tpc)
         # First detection whose recall reaches each threshold: recall >= r exactly when the
         # true-positive count >= c_r, so search integer counts, all rows at once (each row
         # shifted above the previous one so the flattened array stays sorted).
         unique, inverse = np.unique(num_gt[lo : lo + b], return_inverse=True)
         first = np.stack([_first_count(int(g), rec_thrs, cache) for g in unique])[inverse]
-        counts = tpc.astype(np.int64).reshape(b * T, n)
+        counts = tpc.reshape(b * T, n)
         shift = int(max(counts.max(), first.max())) + 2
         offsets = np.arange(b * T, dtype=np.int64)[:, None] * shift
         keys = np.repeat(first, T, axis=0) + offsets  # [b*T, R]
@@ -199,6 +248,63 @@ def _block_precision(
         q = np.take_along_axis(envelope.reshape(b * T, n), np.minimum(pos, n - 1), axis=1)
         out[lo : lo + b] = np.where(reached, q, 0.0).reshape(b, T, R)
     return out
+
+
+def _block_precision_sum(
+    block: _Block, weights: np.ndarray, num_gt: np.ndarray, rec_thrs: np.ndarray
+) -> np.ndarray:
+    """:func:`_block_precision` summed over the recall thresholds, ``[B, T]``, without a
+    search: each threshold takes the interpolated precision of the first detection whose
+    true-positive count reaches its count ``c_r``, so detection j contributes its value
+    once for every threshold with ``tpc[j-1] < c_r <= tpc[j]``. With ``N(c)`` = the number
+    of thresholds with ``c_r <= c`` (a table per ground-truth count), that is
+    ``N(tpc[j]) - N(tpc[j-1])`` thresholds."""
+    B = len(weights)
+    T, n = block.tp.shape
+    out = np.zeros((B, T))
+    if n == 0:
+        return out
+    unique, inverse = np.unique(num_gt, return_inverse=True)
+    # N(c) for c = 0..g, every distinct g one after the other in one flat table.
+    tables = [
+        np.searchsorted(
+            np.searchsorted(np.arange(g + 1) / g, rec_thrs, side="left"),
+            np.arange(g + 1),
+            side="right",
+        )
+        for g in unique
+    ]
+    starts = np.concatenate([[0], np.cumsum([len(t) for t in tables])[:-1]])
+    flat = np.concatenate(tables)
+    for lo in _chunks(block, B):
+        tpc, envelope = _curves(block, weights[lo : lo + _chunks(block, B).step])
+        reached = flat[starts[inverse[lo : lo + len(tpc)]][:, None, None] + tpc]  # N(tpc)
+        served = np.diff(reached, axis=2, prepend=0)
+        out[lo : lo + len(tpc)] = (envelope * served).sum(axis=2)
+    return out
+
+
+def _blocks(matches: PerImageMatches, weights: np.ndarray):
+    """Yield ``(key, block, rows, weights[rows], num_gt[rows])`` per block, for the weight
+    rows in which the block's category has ground truth (elsewhere pycocotools leaves -1).
+
+    ``rows`` is a slice when every row qualifies, so the weights are not copied.
+    """
+    K, A, I = matches.num_gt.shape  # noqa: E741
+    num_gt = np.rint(weights @ matches.num_gt.reshape(K * A, I).T).astype(np.int64)
+    num_gt = num_gt.reshape(len(weights), K, A)
+    for (k, a, m), block in matches.blocks.items():
+        g = num_gt[:, k, a]
+        has_gt = g > 0
+        if has_gt.all():
+            yield (k, a, m), block, slice(None), weights, g
+        elif has_gt.any():
+            yield (k, a, m), block, has_gt, weights[has_gt], g[has_gt]
+
+
+def _block_recall(block: _Block, weights: np.ndarray, num_gt: np.ndarray) -> np.ndarray:
+    """``[B, T]`` recall: weighted true positives over weighted ground truth."""
+    return (weights[:, block.images] @ block.tp_per_image) / num_gt[:, None]
 
 
 def accumulate(matches: PerImageMatches, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,14 +326,9 @@ def accumulate(matches: PerImageMatches, weights: np.ndarray) -> tuple[np.ndarra
     precision = -np.ones((B, T, R, K, A, M))
     recall = -np.ones((B, T, K, A, M))
     cache: dict[int, np.ndarray] = {}
-    for (k, a, m), block in matches.blocks.items():
-        num_gt = np.rint(weights @ matches.num_gt[k, a]).astype(np.int64)  # [B]
-        has_gt = num_gt > 0
-        if not has_gt.any():
-            continue
-        w, g = weights[has_gt], num_gt[has_gt]
-        recall[has_gt, :, k, a, m] = (w @ block.tp_per_image) / g[:, None]
-        precision[has_gt, :, :, k, a, m] = _block_precision(block, w, g, p.recThrs, cache)
+    for (k, a, m), block, rows, w, g in _blocks(matches, weights):
+        recall[rows, :, k, a, m] = _block_recall(block, w, g)
+        precision[rows, :, :, k, a, m] = _block_precision(block, w, g, p.recThrs, cache)
     return precision, recall
 
 
@@ -270,18 +371,11 @@ def stats(matches: PerImageMatches, weights: np.ndarray) -> np.ndarray:
     precision_sum = np.zeros((B, T, K, A))  # summed over the R recall thresholds
     has_precision = np.zeros((B, K, A), dtype=bool)
     recall = -np.ones((B, T, K, A, M))
-    cache: dict[int, np.ndarray] = {}
-    for (k, a, m), block in matches.blocks.items():
-        num_gt = np.rint(weights @ matches.num_gt[k, a]).astype(np.int64)
-        has_gt = num_gt > 0
-        if not has_gt.any():
-            continue
-        w, g = weights[has_gt], num_gt[has_gt]
-        recall[has_gt, :, k, a, m] = (w @ block.tp_per_image) / g[:, None]
+    for (k, a, m), block, rows, w, g in _blocks(matches, weights):
+        recall[rows, :, k, a, m] = _block_recall(block, w, g)
         if m == M - 1:
-            q = _block_precision(block, w, g, p.recThrs, cache)
-            precision_sum[has_gt, :, k, a] = q.sum(axis=2)
-            has_precision[has_gt, k, a] = True
+            precision_sum[rows, :, k, a] = _block_precision_sum(block, w, g, p.recThrs)
+            has_precision[rows, k, a] = True
     out = -np.ones((B, len(_STATS)))
     labels = list(p.areaRngLbl)
     for j, (ap, iou, area, m) in enumerate(_STATS):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from coco_fakes import coco_from_dict, random_coco, replicate, run_cocoeval
 
+from benchmark import bootstrap
 from benchmark.bootstrap import (
     BootstrapSettings,
     PerImageMatches,
@@ -58,9 +59,11 @@ def test_full_set_reproduces_pycocotools_exactly(seed, decimals):
     np.testing.assert_allclose(fast, ev.stats, rtol=0, atol=1e-15)
 
 
-def test_a_resample_equals_pycocotools_on_the_duplicated_images():
+@pytest.mark.parametrize("matrix_floats", [2_000_000, 0])  # 0: the large-block path
+def test_a_resample_equals_pycocotools_on_the_duplicated_images(monkeypatch, matrix_floats):
     """An image drawn k times counts as k independent images: the resample's precision and
     recall are pycocotools' on a dataset holding k copies of it (0 copies: left out)."""
+    monkeypatch.setattr(bootstrap, "_MATRIX_FLOATS", matrix_floats)
     gt, dets = random_coco(1, score_decimals=None)  # unique scores: no tie order to define
     matches = PerImageMatches.from_cocoeval(run_cocoeval(gt, dets))
     rng = np.random.default_rng(3)
