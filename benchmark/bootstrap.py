@@ -14,7 +14,8 @@ k times in the score-ranked list, the k copies next to each other (they have one
 This equals running pycocotools on a dataset in which the image is copied k times, which
 the tests check. For weight 1 everywhere, :func:`accumulate` gives exactly pycocotools'
 precision and recall arrays (and :func:`summarize` its 12 numbers), ties in score included:
-detections are ranked with pycocotools' own stable sort.
+detections are ranked with pycocotools' own stable sort. The bootstrap runs :func:`stats`,
+the same numbers without the full arrays (checked against pycocotools as well).
 
 Why a weighted detection can be one point of the precision/recall curve rather than k:
 along k copies of a true positive precision rises, so the interpolated precision (the
