@@ -1,4 +1,5 @@
-"""COCO evaluation with pycocotools: all 12 standard box metrics, detections saved as JSON."""
+"""COCO evaluation with pycocotools: all 12 standard box metrics with bootstrap confidence
+intervals over the validation images (:mod:`benchmark.bootstrap`), detections saved as JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from benchmark.bootstrap import BootstrapSettings, interval_key_names, interval_keys
 from benchmark.data import build_loader
 from benchmark.device import Device
 
@@ -33,6 +35,8 @@ METRIC_KEYS = (
     "mar_medium",
     "mar_large",
 )
+# Every accuracy key of a result: the metrics, their intervals and the bootstrap's bookkeeping.
+ACCURACY_KEYS = (*METRIC_KEYS, *interval_key_names(METRIC_KEYS))
 DETECTIONS_FILE = "detections.json"
 
 
@@ -85,16 +89,29 @@ def predict_dataset(
 
 
 def coco_metrics(
-    coco_gt: COCO, detections: list[dict], image_ids: list[int] | None = None
+    coco_gt: COCO,
+    detections: list[dict],
+    image_ids: list[int] | None = None,
+    *,
+    bootstrap: BootstrapSettings | None = None,
 ) -> tuple[dict, str]:
     """COCOeval on boxes.
 
+    Args:
+        bootstrap: when given, add the interval keys (:func:`benchmark.bootstrap.interval_keys`:
+            ``<metric>_ci_low``/``_ci_high``, ``bootstrap_*``) computed from this evaluation's
+            per-image matching.
+
     Returns:
         ``{metric: value}`` for the 12 standard metrics (None where COCOeval reports -1, e.g.
-        no small objects in the ground truth) and the printed summary.
+        no small objects in the ground truth), the interval keys if asked, and the printed
+        summary.
     """
     if not detections:  # loadRes rejects an empty list; no detections means zero AP and AR
-        return {k: 0.0 for k in METRIC_KEYS}, "no detections"
+        metrics = {k: 0.0 for k in METRIC_KEYS}
+        if bootstrap is not None:
+            metrics.update(interval_keys(None, metrics, bootstrap))
+        return metrics, "no detections"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         coco_dt = coco_gt.loadRes(detections)
@@ -106,6 +123,8 @@ def coco_metrics(
         ev.summarize()
     stats = np.asarray(ev.stats, dtype=float)
     metrics = {k: (None if v < 0 else float(v)) for k, v in zip(METRIC_KEYS, stats, strict=True)}
+    if bootstrap is not None:
+        metrics.update(interval_keys(ev, dict(metrics), bootstrap))
     return metrics, buf.getvalue()
 
 
@@ -119,13 +138,20 @@ def evaluate(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    bootstrap: BootstrapSettings | None = None,
 ) -> dict:
     """Predict on ``dataset``, write ``detections.json`` (and ``coco_eval.txt``) into
-    ``out_dir``, and return the 12 COCO metrics."""
+    ``out_dir``, and return the 12 COCO metrics with their bootstrap intervals
+    (:data:`ACCURACY_KEYS`; ``bootstrap=None`` means the default settings)."""
     detections = predict_dataset(
         model, dataset, label_to_category_id, device, batch_size=batch_size, progress=progress
     )
-    metrics, summary = coco_metrics(coco_gt, detections, image_ids=sorted(coco_gt.getImgIds()))
+    metrics, summary = coco_metrics(
+        coco_gt,
+        detections,
+        image_ids=sorted(coco_gt.getImgIds()),
+        bootstrap=bootstrap or BootstrapSettings(),
+    )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / DETECTIONS_FILE).write_text(json.dumps(detections))

@@ -21,9 +21,10 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.bootstrap import BootstrapSettings
 from benchmark.data import DatasetError, build_data
 from benchmark.device import Device
-from benchmark.evaluate import METRIC_KEYS, evaluate
+from benchmark.evaluate import ACCURACY_KEYS, evaluate
 from benchmark.measure import BenchSettings, measure
 from benchmark.measure.environment import environment
 from benchmark.recipe import TrainingRecipe
@@ -135,6 +136,7 @@ def _incompatible(error: BaseException | None) -> IncompatibleConfigError | None
 
 def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
+    intervals = BootstrapSettings.from_cfg(cfg.get("eval"))  # checked before any work
     num_threads = cfg.get("num_threads")
     if num_threads:
         torch.set_num_threads(int(num_threads))
@@ -207,9 +209,10 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
             out_dir,
             batch_size=int(cfg.get("eval_batch_size", 8)),
             progress=progress,
+            bootstrap=intervals,
         )
     else:  # profile-only job: accuracy is not measured
-        metrics = dict.fromkeys(METRIC_KEYS)
+        metrics = dict.fromkeys(ACCURACY_KEYS)
     out.update(metrics)
     # Speed, FLOPs, memory, roofline (docs/measurement.md); also in profile-only jobs.
     # Under the per-device timing lock: concurrent jobs on this machine measure one at a time.

@@ -42,8 +42,12 @@ log = logging.getLogger(__name__)
 SAMPLES_FILE = "latency_samples.json"
 LATENCY_KEYS = (
     "latency_ms",
+    "latency_ms_ci_low",
+    "latency_ms_ci_high",
     "latency_ms_p90",
     "latency_ms_p99",
+    "latency_ms_p90_note",
+    "latency_ms_p99_note",
     "latency_ms_mean",
     "latency_ms_std",
     "latency_ms_min",
