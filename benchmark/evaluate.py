@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from benchmark.bootstrap import BootstrapSettings, interval_key_names, interval_keys
 from benchmark.data import build_loader
 from benchmark.device import Device
+from benchmark.timing_lock import NO_GATE, WorkGate
 
 # Order of COCOeval.stats (pycocotools' summarize()).
 METRIC_KEYS = (
@@ -49,8 +50,12 @@ def predict_dataset(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    gate: WorkGate = NO_GATE,
 ) -> list[dict]:
     """Run ``model`` over ``dataset`` and return detections in COCO results format.
+
+    Each batch runs as a work unit of ``gate``: it never overlaps another job's measurement
+    on this machine (``benchmark.timing_lock``).
 
     Boxes are mapped from the resized input back to original image pixels and written as
     ``[x, y, width, height]``; labels go back to the dataset's category ids.
@@ -67,7 +72,8 @@ def predict_dataset(
     for images, targets in tqdm(
         loader, desc="eval", unit="batch", disable=not progress, leave=False
     ):
-        outputs = model([im.to(device) for im in images])
+        with gate.unit():
+            outputs = model([im.to(device) for im in images])
         for out, t in zip(outputs, targets, strict=True):
             (oh, ow), (h, w) = t["orig_size"], t["size"]
             scale = torch.tensor([ow / w, oh / h, ow / w, oh / h])
@@ -139,12 +145,20 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     bootstrap: BootstrapSettings | None = None,
+    gate: WorkGate = NO_GATE,
 ) -> dict:
     """Predict on ``dataset``, write ``detections.json`` (and ``coco_eval.txt``) into
     ``out_dir``, and return the 12 COCO metrics with their bootstrap intervals
-    (:data:`ACCURACY_KEYS`; ``bootstrap=None`` means the default settings)."""
+    (:data:`ACCURACY_KEYS`; ``bootstrap=None`` means the default settings; ``gate``: see
+    :func:`predict_dataset`)."""
     detections = predict_dataset(
-        model, dataset, label_to_category_id, device, batch_size=batch_size, progress=progress
+        model,
+        dataset,
+        label_to_category_id,
+        device,
+        batch_size=batch_size,
+        progress=progress,
+        gate=gate,
     )
     metrics, summary = coco_metrics(
         coco_gt,
