@@ -21,15 +21,16 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.bootstrap import BootstrapSettings
 from benchmark.data import DatasetError, build_data
 from benchmark.device import Device
-from benchmark.evaluate import METRIC_KEYS, evaluate
+from benchmark.evaluate import ACCURACY_KEYS, evaluate
 from benchmark.measure import BenchSettings, measure
 from benchmark.measure.environment import environment
 from benchmark.recipe import TrainingRecipe
 from benchmark.results import RESULT_FILE, git_sha, read_result, write_json_atomic
 from benchmark.spec import InputSpec, ModelRecipe
-from benchmark.timing_lock import timing_lock
+from benchmark.timing_lock import timing_lock, work_gate
 from benchmark.train import load_checkpoint
 from benchmark.train_parallel import fit
 from models.errors import IncompatibleConfigError
@@ -135,6 +136,7 @@ def _incompatible(error: BaseException | None) -> IncompatibleConfigError | None
 
 def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
+    intervals = BootstrapSettings.from_cfg(cfg.get("eval"))  # checked before any work
     num_threads = cfg.get("num_threads")
     if num_threads:
         torch.set_num_threads(int(num_threads))
@@ -193,24 +195,28 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
             final_loss=tr.final_loss,
             train_images_per_second=tr.images_per_second,
             train_history=tr.history,
+            train_paused_seconds=tr.paused_seconds,
         )
     else:
         out.update(train_iters=0, train_seconds=0.0, final_loss=None)
 
     evaluate_now = bool(checkpoint) or int(tcfg.max_iters) > 0
     if evaluate_now:
-        metrics = evaluate(
-            model,
-            data.val,
-            data.val_coco,
-            data.label_to_category_id,
-            device.torch_device,
-            out_dir,
-            batch_size=int(cfg.get("eval_batch_size", 8)),
-            progress=progress,
-        )
+        with work_gate(device, cfg) as gate:  # batches pause while another job measures
+            metrics = evaluate(
+                model,
+                data.val,
+                data.val_coco,
+                data.label_to_category_id,
+                device.torch_device,
+                out_dir,
+                batch_size=int(cfg.get("eval_batch_size", 8)),
+                progress=progress,
+                bootstrap=intervals,
+                gate=gate,
+            )
     else:  # profile-only job: accuracy is not measured
-        metrics = dict.fromkeys(METRIC_KEYS)
+        metrics = dict.fromkeys(ACCURACY_KEYS)
     out.update(metrics)
     # Speed, FLOPs, memory, roofline (docs/measurement.md); also in profile-only jobs.
     # Under the per-device timing lock: concurrent jobs on this machine measure one at a time.

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import schema
+from benchmark.report.pareto import indistinguishable_critical_points
+from benchmark.report.protocol import Protocols, uncertainty_text
 from benchmark.report.style import device_title
 from benchmark.schema.format import format_value
 
@@ -73,17 +75,35 @@ def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     value anywhere are left out."""
     if df.empty:
         return "<p><em>none</em></p>"
+    full = df
     if columns is not None:
         df = df[[c for c in columns if c in df and df[c].notna().any()]]
+    # A column declared with an interval shows it in its cells: ``23.2 [21.0, 25.1]``.
+    intervals = {}
+    for column in df.columns:
+        key = schema.KEYS.get(column)
+        ends = list(key.interval) if key is not None and key.interval else []
+        if ends and all(c in full for c in ends) and full[ends].notna().any().all():
+            intervals[column] = key.interval
     head = []
     for column in df.columns:
         key = schema.KEYS.get(column)
         header = key.header if key is not None else column
+        header += " [95 % CI]" if column in intervals else ""
         tip = f' title="{html.escape(key.label or key.description)}"' if key is not None else ""
         head.append(f"<th{tip}>{html.escape(header)}</th>")
+
+    def cell(index, column, value) -> str:
+        text = _cell(column, value)
+        if column in intervals:
+            low, high = (full.at[index, c] for c in intervals[column])
+            if pd.notna(low) and pd.notna(high):
+                text += f" [{_cell(column, low)}, {_cell(column, high)}]"
+        return f"<td>{text}</td>"
+
     body = [
-        "<tr>" + "".join(f"<td>{_cell(c, v)}</td>" for c, v in row.items()) + "</tr>"
-        for _, row in df.iterrows()
+        "<tr>" + "".join(cell(index, c, v) for c, v in row.items()) + "</tr>"
+        for index, row in df.iterrows()
     ]
     return (
         f'<table class="tbl"><thead><tr>{"".join(head)}</tr></thead>'
@@ -156,6 +176,49 @@ def _protocol(df: pd.DataFrame) -> str:
     return text + _table(values)
 
 
+def _header(df: pd.DataFrame, summary: pd.DataFrame | None) -> str:
+    """The protocol (dataset, budget, size, precision, device, threads), how the intervals
+    were made, and a warning when the rows mix protocols."""
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    if ok.empty:
+        return ""
+    protocols = Protocols(ok)
+    parts = [
+        f'<p class="meta"><strong>Protocol:</strong> {html.escape(" · ".join(protocols.common()))}.'
+        " Accuracy: COCO-style AP (pycocotools) on the validation split, in percent in the "
+        f"figures.<br>{html.escape(uncertainty_text(ok, summary))}</p>"
+    ]
+    if protocols.mixed:
+        items = "".join(
+            f"<li><strong>{k}</strong>: {html.escape(v)} "
+            f"({int((protocols.letters == k).sum())} jobs)</li>"
+            for k, v in protocols.legend.items()
+        )
+        parts.append(
+            f'<p class="failed"><strong>These results mix protocols</strong> '
+            f"({html.escape(', '.join(protocols.differing))}): their numbers are not "
+            f"comparable as they stand. The Pareto figures mark each point with its letter.</p>"
+            f"<ul>{items}</ul>"
+        )
+    return "\n".join(parts)
+
+
+def _noise(frontier: pd.DataFrame, accuracy: str = "map") -> str:
+    """The critical points whose accuracy intervals overlap their cheaper neighbour's."""
+    if frontier.empty or "vs_cheaper" not in frontier:
+        return ""
+    sentences = indistinguishable_critical_points(frontier, accuracy)
+    if sentences:
+        items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+        return f"<p>Not distinguishable (overlapping 95 % intervals):</p><ul>{items}</ul>"
+    if (frontier["vs_cheaper"] == "no interval").any():
+        return "<p>Without accuracy intervals, differences between points are not tested.</p>"
+    return (
+        "<p>Every critical point is more accurate than its cheaper frontier neighbour beyond "
+        "the 95 % intervals.</p>"
+    )
+
+
 def render_html(
     df: pd.DataFrame,
     frontier: pd.DataFrame,
@@ -165,20 +228,23 @@ def render_html(
     source: str,
     accuracy: str = "map",
     selection: str = "",
+    summary: pd.DataFrame | None = None,
 ) -> str:
     """The report page as a string.
 
     Args:
         df: the results table.
-        frontier: :func:`benchmark.report.pareto.frontier_table` of ``df``.
+        frontier: :func:`benchmark.report.pareto.frontier_table` of ``summary``.
         figures: PNG name -> path, embedded in this order.
         title: page heading (the sweep name).
         source: the sweep folder, shown for reference.
         accuracy: the accuracy column the frontiers maximize.
         selection: how the rows were chosen (``detbench-report --where``), shown when set.
+        summary: the repeat summary of ``df`` (one row per configuration), if computed.
     """
     costs = list(dict.fromkeys(frontier["cost_column"])) if "cost_column" in frontier else []
-    front_columns = ["axis", "critical", "label", "neck", accuracy, *costs, "job"]
+    front_columns = ["axis", "critical", "vs_cheaper", "label", "neck", "n", accuracy, *costs]
+    front_columns.append("job")
     counts = df["status"].value_counts() if not df.empty else pd.Series(dtype=int)
     count_html = "".join(
         f'<span class="{s}">{int(counts.get(s, 0))} {s}</span>' for s in ("ok", "skipped", "failed")
@@ -191,11 +257,15 @@ def render_html(
 <h1>detbench: {html.escape(title)}</h1>
 <p class="meta">{len(df)} jobs in <code>{html.escape(source)}</code>, report written {now}.
 Device: {device}.{selected}</p>
+{_header(df, summary)}
 <p class="counts">{count_html}</p>
 <h2>Critical points of the frontiers</h2>
 <p>Fastest (cheapest), sweet spot (elbow) and most accurate Pareto-optimal configurations per cost
-(Huang et al. 2017 Table 3), maximizing {html.escape(schema.label(accuracy))}.</p>
+(Huang et al. 2017 Table 3), maximizing {html.escape(schema.label(accuracy))}. <code>vs_cheaper</code>:
+<em>better</em> only when the point's 95 % accuracy interval lies above that of the next cheaper
+frontier point.</p>
 {_table(critical, front_columns)}
+{_noise(frontier, accuracy)}
 <h2>Figures</h2>
 {_figures(figures)}
 <h2>Pareto frontiers</h2>
@@ -210,7 +280,9 @@ Device: {device}.{selected}</p>
 {_protocol(df) if not df.empty else ""}
 <h2>Files</h2>
 <p><code>results.csv</code> (one row per job; columns in <code>results/README.md</code>),
-<code>frontier.csv</code>, the PNG figures, and each job's <code>result.json</code>.</p>
+<code>summary.csv</code> (one row per configuration: seed repeats averaged, with sd, n and
+intervals), <code>frontier.csv</code> (computed on the summary), the PNG figures, and each job's
+<code>result.json</code>.</p>
 """
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

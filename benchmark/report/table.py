@@ -23,6 +23,7 @@ import pandas as pd
 
 from benchmark import schema
 from benchmark.report.imagenet import imagenet_top1
+from benchmark.report.repeats import repeat_group
 from benchmark.report.style import extractor_name
 from benchmark.results import RESULT_FILE
 
@@ -101,14 +102,14 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
             row[key] = value
         elif isinstance(value, list) and all(isinstance(v, int | float) for v in value):
             row[key] = "x".join(str(v) for v in value)  # e.g. input_size [128, 128] -> 128x128
-    config = record.get("config") or {}
     if "family" not in record:  # written before jobs recorded their model's metadata
         for key, value in model_metadata(record).items():
             row.setdefault(key, value)
-    for column, dotted in schema.config_columns():
-        value = _lookup(config, dotted)
+    for column, dotted in schema.lookup_columns():
+        value = _lookup(record, dotted)
         if isinstance(value, str | int | float | bool) or value is None:
             row.setdefault(column, value)
+    row["repeat_group"] = repeat_group(record)  # rows sharing it are seed repeats
     return row
 
 

@@ -1,4 +1,4 @@
-"""Write a sweep's report: results.csv, frontier.csv, the PNG figures and report.html.
+"""Write a sweep's report: results.csv, summary.csv, frontier.csv, the figures and report.html.
 
 Run by ``detbench-report <sweep folder>`` and, through the Hydra callback, at the end of
 every multirun. It reads only the result.json files, so it can be re-run at any time, on a
@@ -22,6 +22,7 @@ from benchmark.report import paper_figures as pf
 from benchmark.report.figures import pareto_figure
 from benchmark.report.html import render_html
 from benchmark.report.pareto import frontier_table
+from benchmark.report.repeats import summarize_repeats
 from benchmark.report.select import SelectionError, check_choices, select_rows
 from benchmark.report.style import RC
 from benchmark.report.table import load_results
@@ -144,8 +145,8 @@ def write_report(
         where: row filters ``column=value[,value...]`` (:func:`select_rows`).
 
     Returns:
-        The counts by status and the written files (``results.csv``, ``frontier.csv``, the
-        PNGs and ``report.html``).
+        The counts by status and the written files (``results.csv``, ``summary.csv``,
+        ``frontier.csv``, the PNGs and ``report.html``).
 
     Raises:
         SelectionError: an unknown metric, cost or column, or a malformed filter; nothing
@@ -157,14 +158,14 @@ def write_report(
     df = load_results(sweep_dir)
     df, selection = select_rows(df, where or [])
     out_dir.mkdir(parents=True, exist_ok=True)
-    front = frontier_table(df, accuracy, axis_names(costs))
-    files = {"results.csv": out_dir / "results.csv", "frontier.csv": out_dir / "frontier.csv"}
-    _write_text(
-        files["results.csv"], df.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
-    )
-    _write_text(
-        files["frontier.csv"], front.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
-    )
+    summary = summarize_repeats(df)  # one row per configuration: seed repeats aggregated
+    front = frontier_table(summary, accuracy, axis_names(costs))
+    tables = {"results.csv": df, "summary.csv": summary, "frontier.csv": front}
+    files = {name: out_dir / name for name in tables}
+    for name, table in tables.items():
+        _write_text(
+            files[name], table.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
+        )
     figures = save_figures(df, out_dir, figure_functions(accuracy, costs))
     files.update(figures)
     page = render_html(
@@ -175,6 +176,7 @@ def write_report(
         source=str(sweep_dir),
         accuracy=accuracy,
         selection=selection,
+        summary=summary,
     )
     files["report.html"] = out_dir / "report.html"
     _write_text(files["report.html"], page)

@@ -33,7 +33,7 @@ __all__ = [
     "Key",
     "UnknownKeyError",
     "accuracy_metrics",
-    "config_columns",
+    "lookup_columns",
     "cost_axes",
     "cost_columns",
     "get",
@@ -122,7 +122,7 @@ def nulls(*probes: str) -> dict[str, None]:
 
 def numeric_columns() -> list[str]:
     """Scalar numeric columns of ``results.csv`` (coerced to float, NaN when missing)."""
-    return [k.name for k in KEYS.values() if k.numeric and k.where != "frontier"]
+    return [k.name for k in KEYS.values() if k.numeric and k.where in ("result", "table")]
 
 
 def accuracy_metrics() -> list[str]:
@@ -140,10 +140,10 @@ def cost_axes() -> dict[str, str]:
     return {k.name: k.axis for k in KEYS.values() if k.axis}
 
 
-def config_columns() -> list[tuple[str, str]]:
-    """``(column, dotted config path)``: columns the table reads from a job's config when the
-    result itself lacks them."""
-    return [(k.name, k.config) for k in KEYS.values() if k.config]
+def lookup_columns() -> list[tuple[str, str]]:
+    """``(column, dotted path in the result)``: columns the table reads from a job's config
+    or nested values when the result itself lacks them."""
+    return [(k.name, k.lookup) for k in KEYS.values() if k.lookup]
 
 
 def table_columns() -> list[str]:

@@ -2,8 +2,8 @@
 
 The README keeps its prose; each table sits between ``<!-- schema:NAME -->`` and
 ``<!-- /schema:NAME -->`` markers, where NAME is a group of :data:`benchmark.schema.GROUPS`
-(``result.json`` keys of that group), ``results.csv`` (the columns the table derives) or
-``frontier.csv``. ``python -m benchmark.schema --write results/README.md`` rewrites them;
+(``result.json`` keys of that group), ``results.csv`` (the columns the table derives),
+``summary.csv`` (the columns of the repeat summary) or ``frontier.csv``. ``python -m benchmark.schema --write results/README.md`` rewrites them;
 ``tests/test_schema.py`` fails when they are out of date.
 """
 
@@ -33,6 +33,7 @@ def tables() -> dict[str, str]:
     """Marker name -> the table that belongs between its markers."""
     out = {g: table(keys(group=g, where="result")) for g in GROUPS}
     out["results.csv"] = table(keys(where="table"))
+    out["summary.csv"] = table(keys(where="summary"))
     out["frontier.csv"] = table(keys(where="frontier"))
     return {name: text for name, text in out.items() if text.count("\n") > 2}
 

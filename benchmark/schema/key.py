@@ -14,7 +14,7 @@ KINDS = ("number", "integer", "bool", "text", "list", "object")
 #   bool      yes / no
 #   text      the value as it is
 FORMATS = ("percent", "sig3", "count", "int", "fixed1", "fixed3", "bool", "text")
-WHERE = ("result", "table", "frontier")
+WHERE = ("result", "table", "summary", "frontier")
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,11 @@ class Key:
         probe: the measurement that writes it; its value stays null when that measurement is
             disabled or raises (``benchmark.measure``, ``benchmark.evaluate``).
         where: ``result`` (``result.json``, and the ``results.csv`` column), ``table`` (a
-            column ``results.csv`` derives) or ``frontier`` (``frontier.csv`` only).
-        config: dotted path in the job's resolved config the table reads the column from
-            when the result itself lacks the key (results written before it existed).
+            column ``results.csv`` derives), ``summary`` (a column of ``summary.csv``, the
+            seed repeats aggregated) or ``frontier`` (``frontier.csv`` only).
+        lookup: dotted path in the result (``config.train.max_iters``,
+            ``data_stats.val.images``) the table reads the column from when the result
+            itself lacks the key (a config value, or a result written before it existed).
         table: shown in the report's table of every configuration.
         summary: shown on a job's last log line.
         protocol: listed in the report's timing protocol, described by ``label``.
@@ -59,7 +61,7 @@ class Key:
     interval: tuple[str, str] | None = None
     probe: str | None = None
     where: str = "result"
-    config: str | None = None
+    lookup: str | None = None
     table: bool = False
     summary: bool = False
     protocol: bool = False

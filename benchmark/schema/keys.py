@@ -41,10 +41,10 @@ _add("image_size", "identity", "input resolution (square side, or shorter side f
 _add("num_proposals", "identity", "test-time proposals per image, reported by the model "
      "(`meta_arch.num_proposals`); empty for detectors without proposals", unit="count",
      kind="integer", label="Number of proposals (test time)", short="proposals",
-     config="meta_arch.num_proposals")
+     lookup="config.meta_arch.num_proposals")
 _add("output_stride", "identity", "output stride of the extractor (`extractor.output_stride`; "
      "8 = the atrous mode)", unit="px", kind="integer", short="stride",
-     config="extractor.output_stride")
+     lookup="config.extractor.output_stride")
 _add("dataset", "identity", "`data.name`", kind="text")
 _add("family", "identity", "`single-shot` or `two-stage`, declared by the model class (for "
      "`torchvision`, of the detector it wraps)", kind="text", short="family")
@@ -74,19 +74,19 @@ _add("job_seconds", "identity", "wall time of the job (building, training, evalu
 # The twelve COCOeval.stats in pycocotools' summarize() order (benchmark.evaluate zips them).
 _COCO = [
     ("map", "AP@[.5:.95], 100 detections per image (COCO's primary metric)",
-     "mAP@[.5:.95] (COCO)", "AP"),
-    ("map_50", "AP at IoU 0.5", "mAP@.5 (COCO)", "AP50"),
-    ("map_75", "AP at IoU 0.75", "mAP@.75 (COCO)", "AP75"),
+     "mAP@[.5:.95]", "AP"),
+    ("map_50", "AP at IoU 0.5", "mAP@.5", "AP50"),
+    ("map_75", "AP at IoU 0.75", "mAP@.75", "AP75"),
     ("map_small", "AP on small objects (area < 32^2 px at the evaluated size); the table "
      "turns COCO's -1 (no such objects) into NaN", "mAP, small objects", "AP small"),
     ("map_medium", "AP on medium objects (32^2-96^2)", "mAP, medium objects", "AP medium"),
     ("map_large", "AP on large objects (> 96^2)", "mAP, large objects", "AP large"),
-    ("mar_1", "AR with 1 detection per image", "mAR@1 (COCO)", "AR1"),
-    ("mar_10", "AR with 10 detections per image", "mAR@10 (COCO)", "AR10"),
-    ("mar_100", "AR with 100 detections per image", "mAR@100 (COCO)", "AR100"),
-    ("mar_small", "AR on small objects", "mAR, small objects", "AR small"),
-    ("mar_medium", "AR on medium objects", "mAR, medium objects", "AR medium"),
-    ("mar_large", "AR on large objects", "mAR, large objects", "AR large"),
+    ("mar_1", "AR with 1 detection per image", "AR@1", "AR1"),
+    ("mar_10", "AR with 10 detections per image", "AR@10", "AR10"),
+    ("mar_100", "AR with 100 detections per image", "AR@100", "AR100"),
+    ("mar_small", "AR on small objects", "AR, small objects", "AR small"),
+    ("mar_medium", "AR on medium objects", "AR, medium objects", "AR medium"),
+    ("mar_large", "AR on large objects", "AR, large objects", "AR large"),
 ]
 _IN_TABLE = {"map", "map_50", "map_75", "map_small", "map_large"}
 for _name, _meaning, _label, _short in _COCO:
@@ -94,12 +94,19 @@ for _name, _meaning, _label, _short in _COCO:
          accuracy=True, interval=(f"{_name}_ci_low", f"{_name}_ci_high"), probe="cocoeval",
          table=_name in _IN_TABLE, summary=_name in ("map", "map_50"))
 for _name, _meaning, _label, _short in _COCO:
-    for _end, _word in (("low", "lower"), ("high", "upper")):
-        _add(f"{_name}_ci_{_end}", "accuracy", f"{_word} end of the 95 % bootstrap interval "
-             f"of `{_name}` over validation images (issue 14)", unit="0-1", fmt="percent",
-             short=f"{_short} CI {_end}", probe="bootstrap")
-_add("bootstrap_samples", "accuracy", "bootstrap resamples behind the accuracy intervals "
-     "(issue 14)", unit="count", kind="integer", probe="bootstrap")
+    _add(f"{_name}_ci_low", "accuracy", f"lower end of the 95 % bootstrap interval of "
+         f"`{_name}`", unit="0-1", fmt="percent", short=f"{_short} CI low", probe="bootstrap")
+    _add(f"{_name}_ci_high", "accuracy", "upper end of that interval", unit="0-1",
+         fmt="percent", short=f"{_short} CI high", probe="bootstrap")
+_add("bootstrap_samples", "accuracy", "`eval.bootstrap`: resamples of the validation images "
+     "behind the intervals (0: intervals off, null)", unit="resamples", kind="integer",
+     probe="bootstrap")
+_add("bootstrap_method", "accuracy", "`percentile` (2.5th and 97.5th percentiles of the "
+     "resampled metric); null when off", kind="text", probe="bootstrap")
+_add("bootstrap_confidence", "accuracy", "`eval.confidence` (0.95)", fmt="fixed3",
+     probe="bootstrap")
+_add("bootstrap_seconds", "accuracy", "wall time of the bootstrap", unit="s",
+     probe="bootstrap")
 
 # -- latency and throughput (batch 1, eval mode, real validation images) ----------------------
 _add("latency_ms", "latency", "median end-to-end time per call (preprocess + predict + "
@@ -107,18 +114,19 @@ _add("latency_ms", "latency", "median end-to-end time per call (preprocess + pre
      label="Latency per image, batch 1, end to end (ms, median)", short="latency", cost=True,
      axis="latency", interval=("latency_ms_ci_low", "latency_ms_ci_high"), probe="latency",
      table=True, summary=True)
-_add("latency_ms_ci_low", "latency", "lower end of the 95 % interval of the median "
-     "(issue 14)", unit="ms", short="latency CI low", probe="latency")
-_add("latency_ms_ci_high", "latency", "upper end of the 95 % interval of the median "
-     "(issue 14)", unit="ms", short="latency CI high", probe="latency")
-_add("latency_ms_p90", "latency", "90th percentile (null when too few calls were timed for "
-     "it, see `latency_percentile_note`)", unit="ms",
+_add("latency_ms_ci_low", "latency", "lower end of the 95 % interval of the median (order "
+     "statistics; null below 6 calls)", unit="ms", short="latency CI low", probe="latency")
+_add("latency_ms_ci_high", "latency", "upper end of that interval", unit="ms",
+     short="latency CI high", probe="latency")
+_add("latency_ms_p90", "latency", "90th percentile; null below 10 timed calls", unit="ms",
      label="Latency per image, batch 1, end to end (ms, p90)", short="p90", cost=True,
      probe="latency", table=True)
-_add("latency_ms_p99", "latency", "99th percentile (null when too few calls were timed)",
-     unit="ms", label="Latency per image, batch 1, end to end (ms, p99)", short="p99",
-     cost=True, probe="latency")
-_add("latency_percentile_note", "latency", "why a percentile is null (issue 14)", kind="text",
+_add("latency_ms_p99", "latency", "99th percentile; null below 100 timed calls", unit="ms",
+     label="Latency per image, batch 1, end to end (ms, p99)", short="p99", cost=True,
+     probe="latency")
+_add("latency_ms_p90_note", "latency", "why `latency_ms_p90` is null (too few timed calls), "
+     "else null", kind="text", probe="latency")
+_add("latency_ms_p99_note", "latency", "why `latency_ms_p99` is null, else null", kind="text",
      probe="latency")
 _add("latency_ms_mean", "latency", "mean", unit="ms", short="mean", probe="latency")
 _add("latency_ms_std", "latency", "standard deviation", unit="ms", short="sd", probe="latency")
@@ -132,7 +140,8 @@ _add("predict_ms", "latency", "median of the network stage (what GMACs count; in
      short="network", cost=True, probe="latency", table=True)
 _add("postprocess_ms", "latency", "median of decode + score threshold + NMS", unit="ms",
      short="postprocess", probe="latency")
-_add("timing_n", "latency", "timed calls behind the percentiles", unit="calls",
+_add("timing_n", "latency", "timed calls behind the percentiles (`bench.num_images` to "
+     "`bench.max_images`, more while under `bench.min_seconds`)", unit="calls",
      kind="integer", label="timed images per configuration", probe="latency", protocol=True)
 _add("latency_batch_size", "latency", "images per timed call (`bench.batch_size`, 1)",
      unit="images", kind="integer", label="latency batch size", probe="latency",
@@ -249,6 +258,8 @@ _add("train_iters", "training", "optimizer steps taken", unit="iterations", kind
      short="steps", table=True)
 _add("train_seconds", "training", "training wall time", unit="s", short="training",
      table=True)
+_add("train_paused_seconds", "training", "part of `train_seconds` spent paused while other "
+     "jobs on this machine measured (`timing_pause_work`); 0 when none did", unit="s")
 _add("final_loss", "training", "total loss, mean of the last logging window", fmt="fixed3")
 _add("train_images_per_second", "training", "training throughput: images over the training "
      "wall time, data loading included (all ranks together under DDP)", unit="images/s")
@@ -295,7 +306,11 @@ _add("measure_seconds", "measurement", "wall time of each measurement (latency, 
 _add("timing_exclusive", "measurement", "the measurement phase held this machine's lock for "
      "the device: no other detbench job measured on it meanwhile (`timing_lock`, "
      "docs/scale_out.md)", unit="bool", kind="bool")
-_add("timing_lock_wait_s", "measurement", "time spent waiting for that lock (null when "
+_add("timing_work_paused", "measurement", "the phase also held the device's work lock "
+     "exclusively: no training step or evaluation batch of another detbench job on this "
+     "machine ran meanwhile (`timing_pause_work`, docs/scale_out.md)", unit="bool",
+     kind="bool")
+_add("timing_lock_wait_s", "measurement", "time spent waiting for the lock(s) (null when "
      "`timing_lock=false`)", unit="s")
 _add("measure_started_at", "measurement", "start of the measurement phase (after the wait)",
      unit="unix s", fmt="fixed1")
@@ -351,25 +366,46 @@ for _name, _meaning, _unit, _kind in _ENV:
 
 # -- columns results.csv derives ------------------------------------------------------------
 _add("model_name", "config", "timm model behind the extractor, when it is a timm adapter",
-     kind="text", where="table", config="extractor.model_name")
+     kind="text", where="table", lookup="config.extractor.model_name")
 _add("pretrained", "config", "`extractor.pretrained` (ImageNet weights)", unit="bool",
-     kind="bool", where="table", config="extractor.pretrained")
+     kind="bool", where="table", lookup="config.extractor.pretrained")
+_add("weights_path", "config", "`extractor.weights_path`: local pretrained weights, if any",
+     kind="text", where="table", lookup="config.extractor.weights_path")
 _add("frozen_bn", "config", "`extractor.frozen_bn`", unit="bool", kind="bool", where="table",
-     config="extractor.frozen_bn")
+     lookup="config.extractor.frozen_bn")
 _add("max_iters", "config", "`train.max_iters`", unit="iterations", kind="integer",
-     where="table", config="train.max_iters")
+     where="table", lookup="config.train.max_iters")
 _add("batch_size", "config", "`train.batch_size`", unit="images", kind="integer",
-     where="table", config="train.batch_size")
-_add("lr", "config", "`train.optimizer.lr`", where="table", config="train.optimizer.lr")
+     where="table", lookup="config.train.batch_size")
+_add("lr", "config", "`train.optimizer.lr`", where="table", lookup="config.train.optimizer.lr")
 _add("num_train", "config", "`data.num_train` (synthetic data)", unit="images",
-     kind="integer", where="table", config="data.num_train")
+     kind="integer", where="table", lookup="config.data.num_train")
 _add("num_val", "config", "`data.num_val` (synthetic data)", unit="images", kind="integer",
-     where="table", config="data.num_val")
+     where="table", lookup="config.data.num_val")
+_add("train_images", "config", "training images the data pipeline kept (`data_stats`, any "
+     "dataset)", unit="images", kind="integer", where="table",
+     lookup="data_stats.train.images")
+_add("val_images", "config", "validation images evaluated (`data_stats`)", unit="images",
+     kind="integer", where="table", lookup="data_stats.val.images")
 _add("top1", "config", "ImageNet top-1 of the extractor's architecture (torchvision weight "
      "metadata, else Huang et al. 2017 Table 2); describes ImageNet weights, not a "
      "from-scratch run", unit="%", fmt="fixed1", where="table",
      label="Extractor ImageNet top-1 accuracy (%)", short="top-1")
 _add("top1_source", "config", "where `top1` comes from", kind="text", where="table")
+_add("repeat_group", "identity", "id of the configuration without its seed: rows sharing it "
+     "are seed repeats (`summary.csv`)", kind="text", where="table")
+
+# -- summary.csv: seed repeats aggregated (benchmark/report/repeats.py) ----------------------
+_add("n", "identity", "repeats behind the row (1 without `seed=` sweeps)", unit="runs",
+     kind="integer", where="summary", short="n")
+_add("seeds", "identity", "their seeds, `;`-separated", kind="text", where="summary")
+_add("jobs", "identity", "their job folders, `;`-separated", kind="text", where="summary")
+_add("ci_method", "identity", "`bootstrap` (one run: the run's own intervals) or "
+     "`seeds+bootstrap` (n >= 2)", kind="text", where="summary")
+for _name in [*(c[0] for c in _COCO), "latency_ms"]:
+    _add(f"{_name}_sd", "identity", f"standard deviation of `{_name}` over the repeats (empty "
+         "for n = 1)", unit="ms" if _name == "latency_ms" else "0-1",
+         fmt="sig3" if _name == "latency_ms" else "percent", where="summary")
 
 # -- frontier.csv --------------------------------------------------------------------------
 _add("axis", "frontier", "the cost axis: `latency` (`latency_ms`), `gmacs` or `memory` "
@@ -377,6 +413,11 @@ _add("axis", "frontier", "the cost axis: `latency` (`latency_ms`), `gmacs` or `m
      where="frontier")
 _add("cost_column", "frontier", "the results column of the axis", kind="text",
      where="frontier")
+_add("vs_cheaper", "frontier", "`better` when the point's accuracy interval lies entirely "
+     "above that of the next cheaper frontier point, `not distinguishable` when they overlap, "
+     "`no interval` when either has none; empty for the cheapest", kind="text",
+     where="frontier", short="vs cheaper")
+_add("cheaper_label", "frontier", "that cheaper neighbour", kind="text", where="frontier")
 _add("critical", "frontier", "Huang et al.'s Table 3 critical points: `fastest` (on a time "
      "axis; `cheapest` on the others), `sweet spot` (the elbow: the frontier point farthest "
      "above the line from the cheapest to the most accurate, with cost on a log scale), "
