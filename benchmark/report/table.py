@@ -132,7 +132,7 @@ def results_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per job, with numeric columns as floats (NaN when missing) and derived columns."""
     df = pd.DataFrame([_flat(r) for r in records])
     numeric = schema.numeric_columns()
-    declared = [k.name for k in schema.KEYS.values() if k.scalar and k.where != "frontier"]
+    declared = [k.name for k in schema.KEYS.values() if k.scalar and k.where in ("result", "table")]
     df = df.reindex(columns=[*df.columns, *(c for c in declared if c not in df)])
     # One block of converted columns rather than ~100 single inserts (pandas fragments).
     converted = df[numeric].apply(pd.to_numeric, errors="coerce")
