@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark import schema
 from benchmark.intervals import mean_interval
 
 # Config keys that never change a result: not part of a configuration's identity.
@@ -43,22 +44,9 @@ NON_IDENTITY_KEYS = (
     "timing_lock",
     "timing_lock_dir",
 )
-# Metrics with a per-run interval (``<metric>_ci_low``/``_ci_high`` in result.json).
-INTERVAL_METRICS = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
-    "latency_ms",
-)
+# Metrics with a per-run interval (``<metric>_ci_low``/``_ci_high`` in result.json): the keys
+# declared with ``interval=`` in benchmark/schema/keys.py.
+INTERVAL_METRICS = tuple(k.name for k in schema.KEYS.values() if k.interval)
 _RECORD_IDENTITY = ("meta_arch", "extractor", "dataset", "image_size", "reference_model")
 _SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")
 
