@@ -3,10 +3,11 @@ checkpoint save/resume, a progress bar with the losses, and a hard stop on NaN/i
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,16 +56,41 @@ def lr_factor(
     schedule: str,
     steps: tuple[float, ...] = (0.67, 0.89),
     gamma: float = 0.1,
+    warmup_factors: Sequence[float] | None = None,
+    decay_steps: int | None = None,
+    decay_rate: float = 0.95,
+    scale: float = 1.0,
 ) -> float:
-    """Learning-rate multiplier at iteration ``it``: linear warm-up, then the schedule.
+    """Learning-rate multiplier at iteration ``it``: warm-up, then the schedule.
+
+    The multiplier applies to the optimizer's rate, which under MegDet's recipe is already
+    the scaled ``scale * lr`` (:mod:`benchmark.recipe`).
 
     Args:
-        schedule: ``constant``, ``cosine`` (to 0 at ``max_iters``) or ``step`` (times
-            ``gamma`` at each fraction of ``max_iters`` in ``steps``, the paper's 10x drops).
+        warmup_iters: warm-up length in steps.
+        warmup_factor: the linear warm-up climbs from ``warmup_factor`` to 1.
+        schedule: ``constant``; ``cosine`` (to 0 at ``max_iters``); ``step`` (times ``gamma``
+            at each fraction of ``max_iters`` in ``steps``, the papers' 10x drops); or
+            ``exponential`` (times ``decay_rate`` every ``decay_steps`` steps, staircase:
+            Huang et al.'s SSD, 0.95 every 800K steps).
+        warmup_factors: instead of the linear warm-up, a piecewise-constant one: equal
+            parts of ``warmup_iters`` at these multipliers (Huang et al.'s SSD over VGG-16:
+            0.8^2, then 0.8, of the base rate for 10K steps each).
+        scale: the linear-scaling factor k = total / reference batch (MegDet). For k > 1 the
+            rate also ramps linearly over the warm-up from ``1 / k`` of the scaled rate, i.e.
+            from the small-batch rate, to the scaled rate (Goyal et al.'s gradual warm-up):
+            the product with the warm-up above starts at what the small-batch run starts
+            at and reaches ``k`` times it at ``warmup_iters``, never later.
     """
+    ramp = 1.0
+    if scale > 1.0 and it < warmup_iters:
+        ramp = (1.0 + (scale - 1.0) * it / warmup_iters) / scale
     if it < warmup_iters:
+        if warmup_factors:
+            part = min(len(warmup_factors) - 1, it * len(warmup_factors) // warmup_iters)
+            return float(warmup_factors[part]) * ramp
         alpha = it / max(1, warmup_iters)
-        return warmup_factor * (1 - alpha) + alpha
+        return (warmup_factor * (1 - alpha) + alpha) * ramp
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
@@ -72,7 +98,33 @@ def lr_factor(
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     if schedule == "step":
         return gamma ** sum(it >= s * max_iters for s in steps)
-    raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine or step")
+    if schedule == "exponential":
+        if not decay_steps or decay_steps < 1:
+            raise ValueError("schedule=exponential needs train.decay_steps >= 1")
+        return decay_rate ** (it // int(decay_steps))
+    raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine, step or exponential")
+
+
+def schedule_factor(cfg) -> Callable[[int], float]:
+    """:func:`lr_factor` as configured by a ``train`` config node (``lr_scale`` is added by
+    :meth:`benchmark.recipe.TrainingRecipe.train_cfg` under MegDet's recipe).
+
+    Raises:
+        ValueError: an unknown schedule, found now rather than after the warm-up.
+    """
+    warmup_factors = cfg.get("warmup_factors")
+    kwargs = {
+        "max_iters": int(cfg.max_iters),
+        "warmup_iters": int(cfg.warmup_iters),
+        "warmup_factor": float(cfg.warmup_factor),
+        "schedule": str(cfg.schedule),
+        "warmup_factors": [float(f) for f in warmup_factors] if warmup_factors else None,
+        "decay_steps": cfg.get("decay_steps"),
+        "decay_rate": float(cfg.get("decay_rate", 0.95)),
+        "scale": float(cfg.get("lr_scale", 1.0)),
+    }
+    lr_factor(kwargs["warmup_iters"], **kwargs)  # validates the schedule after the warm-up
+    return functools.partial(lr_factor, **kwargs)
 
 
 def _batches(loader: DataLoader) -> Iterator:
@@ -150,15 +202,7 @@ def train(
     optimizer = instantiate(cfg.optimizer, params=params)
     max_iters = int(cfg.max_iters)
 
-    def factor(it: int) -> float:
-        return lr_factor(
-            it,
-            max_iters=max_iters,
-            warmup_iters=int(cfg.warmup_iters),
-            warmup_factor=float(cfg.warmup_factor),
-            schedule=str(cfg.schedule),
-        )
-
+    factor = schedule_factor(cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     ckpt_path = out_dir / CHECKPOINT_FILE
     start = 0

@@ -80,8 +80,8 @@ def test_two_rank_job_end_to_end(tmp_path):
     assert r["status"] == "ok", r["error"]
     assert r["world_size"] == 2 and r["dist_backend"] == "gloo"
     assert r["total_batch_size"] == 4 and r["reference_batch_size"] == 2
-    # Linear scaling from one rank's batch: twice the lr and twice the warm-up.
-    assert r["lr_scale"] == 2.0 and r["effective_warmup_iters"] == 2
+    # Linear scaling from one rank's batch: twice the lr, the same warm-up steps.
+    assert r["lr_scale"] == 2.0 and r["effective_warmup_iters"] == 1
     assert r["effective_lr"] == pytest.approx(2 * r["config"]["train"]["optimizer"]["lr"])
     assert r["train_iters"] == 2 and len(r["train_history"]) == 2
     assert r["train_history"][-1]["lr"] == pytest.approx(r["effective_lr"])
