@@ -1,6 +1,9 @@
-"""Build a detector from the Hydra config: one function, ``instantiate`` and ``_target_``."""
+"""Build a detector from the Hydra config: one function, ``instantiate`` and ``_target_``;
+and the architecture facts of a built detector that result.json records."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -16,3 +19,13 @@ def build_detector(cfg: DictConfig, num_classes: int) -> DetectionModel:
     """
     extractor = instantiate(cfg.extractor)
     return instantiate(cfg.meta_arch, extractor=extractor, num_classes=num_classes)
+
+
+def architecture_keys(model: DetectionModel) -> dict[str, Any]:
+    """``output_stride`` (the deepest extractor map's stride: 16 or 8 for the two-stage models
+    in Huang et al.'s sense) and ``crop_size`` (the per-RoI crop side of a two-stage model,
+    14 / 17, or R-FCN's bins x samples; None for single-shot ones), read from the module."""
+    return {
+        "output_stride": getattr(model, "output_stride", None),
+        "crop_size": getattr(model, "crop_size", None),
+    }

@@ -21,7 +21,7 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.build import build_detector
+from benchmark.build import architecture_keys, build_detector
 from benchmark.data import DatasetError, build_data
 from benchmark.device import Device
 from benchmark.evaluate import METRIC_KEYS, evaluate
@@ -160,6 +160,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_anchors": _num_anchors(model, size),
         "resize_mode": resize_mode,
+        **architecture_keys(model),  # output_stride, crop_size
     }
 
     tcfg = cfg.train

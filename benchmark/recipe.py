@@ -94,6 +94,7 @@ class TrainingRecipe:
     reference_batch_size: int | None
     base_lr: float
     base_warmup_iters: int
+    optimizer: str = ""
 
     @classmethod
     def from_cfg(cls, tcfg: DictConfig) -> TrainingRecipe:
@@ -122,6 +123,7 @@ class TrainingRecipe:
             reference_batch_size=int(ref) if ref else None,
             base_lr=float(tcfg.optimizer.lr),
             base_warmup_iters=int(tcfg.warmup_iters),
+            optimizer=str(tcfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
         )
 
     @property
@@ -189,6 +191,7 @@ class TrainingRecipe:
             "effective_lr": s.lr,
             "effective_warmup_iters": s.warmup_iters,
             "sync_bn": self.bn_effective,
+            "optimizer": self.optimizer or None,  # SGD, RMSprop, AdamW (the class name)
         }
 
 
