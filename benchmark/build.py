@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from benchmark.spec import ModelRecipe
 from models.meta_arch.base import DetectionModel
 
 
@@ -15,10 +15,11 @@ def build_detector(cfg: DictConfig, num_classes: int) -> DetectionModel:
     """Instantiate ``cfg.extractor`` and hand it to ``cfg.meta_arch``.
 
     Necks and heads in the meta-architecture config are ``_partial_`` factories: their
-    channel counts come from the extractor's ``feature_info`` inside the detector.
+    channel counts come from the extractor's ``feature_info`` inside the detector. The same
+    path as :meth:`benchmark.spec.ModelRecipe.build`, which the job and its fresh memory
+    process use.
     """
-    extractor = instantiate(cfg.extractor)
-    return instantiate(cfg.meta_arch, extractor=extractor, num_classes=num_classes)
+    return ModelRecipe.from_cfg(cfg, num_classes).build()
 
 
 def architecture_keys(model: DetectionModel) -> dict[str, Any]:

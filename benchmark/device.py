@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+MEMINFO = "/proc/meminfo"  # MemAvailable: the CPU's free memory (Device.free_memory_mb)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -112,6 +113,63 @@ class Device:
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.torch_device)
 
+    def free_memory_mb(self) -> float | None:
+        """Memory new allocations can take now without pushing anyone out, in MiB.
+
+        CUDA: the driver's free device memory (``torch.cuda.mem_get_info``; other processes'
+        allocations are already subtracted). CPU: ``MemAvailable`` of /proc/meminfo, the
+        kernel's estimate of what can be allocated without swapping (free memory plus
+        reclaimable caches). None where unknown (no /proc).
+        """
+        if self.is_cuda:
+            free, _ = torch.cuda.mem_get_info(self.torch_device)
+            return free / 2.0**20
+        value = _proc_kib(MEMINFO, "MemAvailable:")
+        return None if value is None else value / 1024.0
+
+    @contextlib.contextmanager
+    def memory_limit(self, extra_mb: float) -> Iterator[bool]:
+        """Inside the block this process can allocate at most ``extra_mb`` MiB more; beyond
+        it allocations fail with an exception instead of the machine running out of memory.
+        Yields whether a limit is in force.
+
+        CUDA: the caching allocator's per-process fraction, set to (reserved now +
+        ``extra_mb``) / total memory (``torch.OutOfMemoryError`` beyond), restored on exit.
+        CPU: the soft ``RLIMIT_DATA`` (on Linux >= 4.7 the data segment plus private writable
+        mappings: malloc's heap and mmap'd chunks, thread stacks), set to the current
+        ``VmData`` + ``extra_mb`` (torch raises ``RuntimeError: ... can't allocate memory``,
+        Python ``MemoryError``), restored on exit. The CPU limit binds every thread of the
+        process and a C++ library that cannot handle a failed allocation aborts, so use it
+        only in a process that does nothing else (the fresh memory child). Pages the process
+        had already mapped but not touched (free heap) can still become resident under it.
+        """
+        if self.is_cuda:
+            total = torch.cuda.get_device_properties(self.torch_device).total_memory
+            reserved = torch.cuda.memory_reserved(self.torch_device)
+            before = torch.cuda.get_per_process_memory_fraction(self.torch_device)
+            fraction = min(1.0, (reserved + extra_mb * 2.0**20) / total)
+            torch.cuda.set_per_process_memory_fraction(fraction, self.torch_device)
+            try:
+                yield True
+            finally:
+                torch.cuda.set_per_process_memory_fraction(before, self.torch_device)
+            return
+        import resource
+
+        data_kib = _proc_kib("/proc/self/status", "VmData:")
+        if data_kib is None or not hasattr(resource, "RLIMIT_DATA"):
+            yield False
+            return
+        before = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = int(data_kib * 1024 + extra_mb * 2**20)
+        if before[1] != resource.RLIM_INFINITY:
+            limit = min(limit, before[1])  # the soft limit may not exceed the hard one
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, before[1]))
+        try:
+            yield True
+        finally:
+            resource.setrlimit(resource.RLIMIT_DATA, before)
+
     def peak_memory_mb(self) -> dict[str, float] | None:
         """CUDA ``max_memory_allocated``/``reserved`` since the last reset, in MiB; None on CPU
         (CPU peaks are measured as peak RSS of a fresh process by the measurement code)."""
@@ -199,6 +257,18 @@ class Device:
                 gpu_memory_mb=props.total_memory / 2.0**20,
             )
         return env
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``kB`` value of the line starting with ``key`` in a /proc file, or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])  # "MemAvailable:   22201884 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _nvidia_driver_version() -> str | None:

@@ -1,4 +1,5 @@
-"""COCO evaluation with pycocotools: all 12 standard box metrics, detections saved as JSON."""
+"""COCO evaluation with pycocotools: all 12 standard box metrics with bootstrap confidence
+intervals over the validation images (:mod:`benchmark.bootstrap`), detections saved as JSON."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from benchmark.bootstrap import BootstrapSettings, interval_key_names, interval_keys
 from benchmark.data import build_loader
 from benchmark.device import Device
+from benchmark.timing_lock import NO_GATE, WorkGate
 
 # Order of COCOeval.stats (pycocotools' summarize()).
 METRIC_KEYS = (
@@ -33,6 +36,8 @@ METRIC_KEYS = (
     "mar_medium",
     "mar_large",
 )
+# Every accuracy key of a result: the metrics, their intervals and the bootstrap's bookkeeping.
+ACCURACY_KEYS = (*METRIC_KEYS, *interval_key_names(METRIC_KEYS))
 DETECTIONS_FILE = "detections.json"
 
 
@@ -45,8 +50,12 @@ def predict_dataset(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    gate: WorkGate = NO_GATE,
 ) -> list[dict]:
     """Run ``model`` over ``dataset`` and return detections in COCO results format.
+
+    Each batch runs as a work unit of ``gate``: it never overlaps another job's measurement
+    on this machine (``benchmark.timing_lock``).
 
     Boxes are mapped from the resized input back to original image pixels and written as
     ``[x, y, width, height]``; labels go back to the dataset's category ids.
@@ -63,7 +72,8 @@ def predict_dataset(
     for images, targets in tqdm(
         loader, desc="eval", unit="batch", disable=not progress, leave=False
     ):
-        outputs = model([im.to(device) for im in images])
+        with gate.unit():
+            outputs = model([im.to(device) for im in images])
         for out, t in zip(outputs, targets, strict=True):
             (oh, ow), (h, w) = t["orig_size"], t["size"]
             scale = torch.tensor([ow / w, oh / h, ow / w, oh / h])
@@ -85,16 +95,29 @@ def predict_dataset(
 
 
 def coco_metrics(
-    coco_gt: COCO, detections: list[dict], image_ids: list[int] | None = None
+    coco_gt: COCO,
+    detections: list[dict],
+    image_ids: list[int] | None = None,
+    *,
+    bootstrap: BootstrapSettings | None = None,
 ) -> tuple[dict, str]:
     """COCOeval on boxes.
 
+    Args:
+        bootstrap: when given, add the interval keys (:func:`benchmark.bootstrap.interval_keys`:
+            ``<metric>_ci_low``/``_ci_high``, ``bootstrap_*``) computed from this evaluation's
+            per-image matching.
+
     Returns:
         ``{metric: value}`` for the 12 standard metrics (None where COCOeval reports -1, e.g.
-        no small objects in the ground truth) and the printed summary.
+        no small objects in the ground truth), the interval keys if asked, and the printed
+        summary.
     """
     if not detections:  # loadRes rejects an empty list; no detections means zero AP and AR
-        return {k: 0.0 for k in METRIC_KEYS}, "no detections"
+        metrics = {k: 0.0 for k in METRIC_KEYS}
+        if bootstrap is not None:
+            metrics.update(interval_keys(None, metrics, bootstrap))
+        return metrics, "no detections"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         coco_dt = coco_gt.loadRes(detections)
@@ -106,6 +129,8 @@ def coco_metrics(
         ev.summarize()
     stats = np.asarray(ev.stats, dtype=float)
     metrics = {k: (None if v < 0 else float(v)) for k, v in zip(METRIC_KEYS, stats, strict=True)}
+    if bootstrap is not None:
+        metrics.update(interval_keys(ev, dict(metrics), bootstrap))
     return metrics, buf.getvalue()
 
 
@@ -119,13 +144,28 @@ def evaluate(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    bootstrap: BootstrapSettings | None = None,
+    gate: WorkGate = NO_GATE,
 ) -> dict:
     """Predict on ``dataset``, write ``detections.json`` (and ``coco_eval.txt``) into
-    ``out_dir``, and return the 12 COCO metrics."""
+    ``out_dir``, and return the 12 COCO metrics with their bootstrap intervals
+    (:data:`ACCURACY_KEYS`; ``bootstrap=None`` means the default settings; ``gate``: see
+    :func:`predict_dataset`)."""
     detections = predict_dataset(
-        model, dataset, label_to_category_id, device, batch_size=batch_size, progress=progress
+        model,
+        dataset,
+        label_to_category_id,
+        device,
+        batch_size=batch_size,
+        progress=progress,
+        gate=gate,
     )
-    metrics, summary = coco_metrics(coco_gt, detections, image_ids=sorted(coco_gt.getImgIds()))
+    metrics, summary = coco_metrics(
+        coco_gt,
+        detections,
+        image_ids=sorted(coco_gt.getImgIds()),
+        bootstrap=bootstrap or BootstrapSettings(),
+    )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / DETECTIONS_FILE).write_text(json.dumps(detections))

@@ -21,15 +21,17 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.build import architecture_keys, build_detector
+from benchmark.bootstrap import BootstrapSettings
+from benchmark.build import architecture_keys
 from benchmark.data import DatasetError, build_data
 from benchmark.device import Device
-from benchmark.evaluate import METRIC_KEYS, evaluate
-from benchmark.measure import measure
+from benchmark.evaluate import ACCURACY_KEYS, evaluate
+from benchmark.measure import BenchSettings, measure
 from benchmark.measure.environment import environment
 from benchmark.recipe import TrainingRecipe
 from benchmark.results import RESULT_FILE, git_sha, read_result, write_json_atomic
-from benchmark.timing_lock import timing_lock
+from benchmark.spec import InputSpec, ModelRecipe
+from benchmark.timing_lock import timing_lock, work_gate
 from benchmark.train import load_checkpoint
 from benchmark.train_parallel import fit
 from models.errors import IncompatibleConfigError
@@ -135,31 +137,38 @@ def _incompatible(error: BaseException | None) -> IncompatibleConfigError | None
 
 def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
+    intervals = BootstrapSettings.from_cfg(cfg.get("eval"))  # checked before any work
     num_threads = cfg.get("num_threads")
     if num_threads:
         torch.set_num_threads(int(num_threads))
 
-    # The model class decides how its inputs are resized (square vs shorter side), so build
-    # it first, but only after the data is known to be usable (num_classes comes from it).
-    resize_mode = _resize_mode(cfg)
+    # The config is read here, once, and handed on as typed objects (benchmark/spec.py):
+    # the input (resize mode and sizes; the model class decides the mode), the bench
+    # settings (a typo fails before any work), and the recipe the model is built from.
+    spec = InputSpec.from_cfg(cfg)
+    bench = BenchSettings.from_cfg(cfg.get("bench"))
+    # Build the model only once the data is known to be usable (num_classes comes from it).
     data = build_data(
         cfg.data,
-        resize_mode=resize_mode,
-        image_size=int(cfg.data.image_size),
-        max_size=cfg.data.get("max_size"),
+        resize_mode=spec.resize_mode,
+        image_size=spec.image_size,
+        max_size=spec.max_size,
         augment=bool(cfg.data.get("augment", False)),
     )
-    model = build_detector(cfg, num_classes=len(data.class_names))
+    # Shorter-side resizing keeps the aspect ratio: the shape a typical validation image
+    # gets, not M x M, is what anchors are counted and memory is probed at.
+    spec = spec.with_typical_shape(_original_sizes(data.val))
+    recipe = ModelRecipe.from_cfg(cfg, len(data.class_names), cuda=device.is_cuda)
+    model = recipe.build()
     model.to(device.torch_device)
-    size = (int(cfg.data.image_size),) * 2
     out: dict[str, Any] = {
         "num_classes": len(data.class_names),
         "class_names": data.class_names,
         "data_stats": data.stats,
         "params": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "num_anchors": _num_anchors(model, size),
-        "resize_mode": resize_mode,
+        "num_anchors": _num_anchors(model, spec.shape),
+        **spec.result_keys(),  # resize_mode, input_shape
         **architecture_keys(model),  # output_stride, crop_size
     }
 
@@ -187,40 +196,43 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
             final_loss=tr.final_loss,
             train_images_per_second=tr.images_per_second,
             train_history=tr.history,
+            train_paused_seconds=tr.paused_seconds,
         )
     else:
         out.update(train_iters=0, train_seconds=0.0, final_loss=None)
 
     evaluate_now = bool(checkpoint) or int(tcfg.max_iters) > 0
     if evaluate_now:
-        metrics = evaluate(
-            model,
-            data.val,
-            data.val_coco,
-            data.label_to_category_id,
-            device.torch_device,
-            out_dir,
-            batch_size=int(cfg.get("eval_batch_size", 8)),
-            progress=progress,
-        )
+        with work_gate(device, cfg) as gate:  # batches pause while another job measures
+            metrics = evaluate(
+                model,
+                data.val,
+                data.val_coco,
+                data.label_to_category_id,
+                device.torch_device,
+                out_dir,
+                batch_size=int(cfg.get("eval_batch_size", 8)),
+                progress=progress,
+                bootstrap=intervals,
+                gate=gate,
+            )
     else:  # profile-only job: accuracy is not measured
-        metrics = dict.fromkeys(METRIC_KEYS)
+        metrics = dict.fromkeys(ACCURACY_KEYS)
     out.update(metrics)
     # Speed, FLOPs, memory, roofline (docs/measurement.md); also in profile-only jobs.
     # Under the per-device timing lock: concurrent jobs on this machine measure one at a time.
     with timing_lock(device, cfg) as lock:
         measured = measure(
-            model, data.val, cfg.get("bench"), device, image_size=size, out_dir=out_dir, cfg=cfg
+            model, data.val, bench, device, input_spec=spec, recipe=recipe, out_dir=out_dir
         )
     out.update(measured)
     out.update(lock.result_keys())
     return out
 
 
-def _resize_mode(cfg: DictConfig) -> str:
-    from hydra.utils import get_class
-
-    return getattr(get_class(cfg.meta_arch._target_), "resize_mode", "square")
+def _original_sizes(dataset) -> list[tuple[int, int]]:
+    """``(height, width)`` of each image of a split as stored (before resizing)."""
+    return [(rec.height, rec.width) for rec in getattr(dataset, "records", [])]
 
 
 def _num_anchors(model, size: tuple[int, int]) -> int | None:

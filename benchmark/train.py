@@ -3,6 +3,7 @@ checkpoint save/resume, a progress bar with the losses, and a hard stop on NaN/i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -12,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from benchmark.device import Device
 from benchmark.distributed import SINGLE, Ranks
+from benchmark.spec import OptimizerSpec
+from benchmark.timing_lock import NO_GATE, WorkGate
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -34,10 +36,13 @@ class TrainResult:
 
     Attributes:
         iters: iterations done in total (including those before a resume).
-        seconds: wall time of this process's training (data loading included).
+        seconds: wall time of this process's training (data loading included, and any
+            time paused while other jobs on the machine measured: ``paused_seconds``).
         final_loss: mean total loss over the last ``log_every`` iterations.
         images_per_second: training throughput of this process.
         history: ``[{"iter", "lr", "loss", <loss terms>}]`` every ``log_every`` iterations.
+        paused_seconds: time spent waiting at the work gate for other jobs' measurements
+            (``benchmark.timing_lock.WorkGate``); 0 when no other job measured.
     """
 
     iters: int
@@ -45,6 +50,7 @@ class TrainResult:
     final_loss: float | None
     images_per_second: float | None = None
     history: list[dict] = field(default_factory=list)
+    paused_seconds: float = 0.0
 
 
 def lr_factor(
@@ -138,6 +144,23 @@ def _batches(loader: DataLoader) -> Iterator:
         epoch += 1
 
 
+@contextlib.contextmanager
+def training_memory_format(model: nn.Module, channels_last: bool) -> Iterator[None]:
+    """Train in NHWC (``train.channels_last``): the 4-D weights are converted, so every
+    convolution's output follows (PyTorch picks channels_last when input or weight is), and
+    oneDNN's depthwise and batch-norm kernels run faster on it on CPU (docs/sweeps.md has
+    the paired measurement). On exit the weights are contiguous again, so evaluation and the
+    measurements see the model the ``bench`` settings describe."""
+    if not channels_last:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def to_device(images, targets, device: torch.device):
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [
@@ -179,6 +202,7 @@ def train(
     *,
     progress: bool = True,
     ranks: Ranks = SINGLE,
+    gate: WorkGate = NO_GATE,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.max_iters`` iterations.
 
@@ -192,6 +216,8 @@ def train(
         ranks: data-parallel context when ``model`` is wrapped in DDP
             (``benchmark.distributed``): rank 0 alone writes checkpoints and shows progress,
             logged losses are averaged over ranks. The default is one process.
+        gate: every step runs as one of its work units, so it never overlaps another job's
+            measurement on this machine (``benchmark.timing_lock``); the default never waits.
 
     Raises:
         TrainingDiverged: on a NaN or infinite loss.
@@ -199,7 +225,7 @@ def train(
     model.to(device.torch_device).train()
     net = ranks.unwrap(model)  # the weights without DDP's ``module.`` prefix: checkpoints
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.optimizer, params=params)
+    optimizer = OptimizerSpec.from_cfg(cfg.optimizer).build(params)  # as the memory probe's
     max_iters = int(cfg.max_iters)
 
     factor = schedule_factor(cfg)
@@ -236,24 +262,25 @@ def train(
     )
     it = start
     while it < max_iters:
-        images, targets = to_device(*next(batches), device.torch_device)
-        with device.autocast(str(cfg.get("amp_dtype", "fp16")) if use_amp else "fp32"):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            terms = {k: float(v) for k, v in losses.items()}
-            raise TrainingDiverged(
-                f"loss became {float(loss)} at iteration {it} ({terms}); "
-                "lower train.optimizer.lr or raise train.warmup_iters"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        with gate.unit():
+            images, targets = to_device(*next(batches), device.torch_device)
+            with device.autocast(str(cfg.get("amp_dtype", "fp16")) if use_amp else "fp32"):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                terms = {k: float(v) for k, v in losses.items()}
+                raise TrainingDiverged(
+                    f"loss became {float(loss)} at iteration {it} ({terms}); "
+                    "lower train.optimizer.lr or raise train.warmup_iters"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
         it += 1
         images_seen += len(images) * ranks.world_size  # DistributedSampler: equal shards
         window.append(float(loss.detach()))
@@ -285,4 +312,5 @@ def train(
         final_loss=final,
         images_per_second=images_seen / seconds if seconds > 0 and images_seen else None,
         history=history,
+        paused_seconds=gate.paused_seconds,
     )

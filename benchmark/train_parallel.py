@@ -28,7 +28,14 @@ from benchmark.data import build_loader
 from benchmark.device import Device
 from benchmark.distributed import Ranks, run_ranks
 from benchmark.recipe import TrainingRecipe, frozen_batchnorm
-from benchmark.train import CHECKPOINT_FILE, TrainResult, load_checkpoint, train
+from benchmark.timing_lock import work_gate
+from benchmark.train import (
+    CHECKPOINT_FILE,
+    TrainResult,
+    load_checkpoint,
+    train,
+    training_memory_format,
+)
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
@@ -66,10 +73,19 @@ def fit(
             drop_last=len(train_set) > recipe.batch_size,
             pin_memory=device.pin_memory,
         )
-        with frozen_batchnorm(model, recipe.bn_effective == "frozen"):
-            tr = train(model, loader, tcfg, device, out_dir, progress=progress)
+        # Steps pause while another job on this machine measures (benchmark/timing_lock.py).
+        # Not under DDP: a rank paused at the gate while its peers hold the work lock inside
+        # an all-reduce waiting for it would deadlock with the measurement.
+        with (
+            work_gate(device, cfg) as gate,
+            frozen_batchnorm(model, recipe.bn_effective == "frozen"),
+            training_memory_format(model, bool(tcfg.get("channels_last", False))),
+        ):
+            tr = train(model, loader, tcfg, device, out_dir, progress=progress, gate=gate)
         return tr, recipe
 
+    if tcfg.get("channels_last", False):
+        log.warning("train.channels_last applies to single-process training; DDP ranks train NCHW")
     log.info(
         "training on %d %s ranks (%s), %d images per step, lr %.4g",
         recipe.world_size,

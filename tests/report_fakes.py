@@ -146,3 +146,33 @@ def make_fake_sweep(root: Path, *, sizes=(300, 600), proposals=(10, 50, 100, 300
         traceback="Traceback (most recent call last):\nValueError: Invalid learning rate: -1.0\n",
     )
     return root
+
+
+def with_intervals(result: dict, seed: int = 0, half_width: float = 0.15) -> dict:
+    """``result`` as repeat ``seed`` would give it, with accuracy and latency intervals:
+    accuracy moves by a seed-dependent 4 % (training noise), intervals span +-half_width
+    relative (validation-sample noise), the latency interval +-3 %."""
+    out = dict(result, seed=seed)
+    out["config"] = {**result["config"], "seed": seed}
+    shift = 1.0 + 0.04 * (seed % 3 - 1)
+    for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
+        if result.get(key) is not None:
+            value = result[key] * shift
+            out[key] = value
+            out[f"{key}_ci_low"] = value * (1 - half_width)
+            out[f"{key}_ci_high"] = min(1.0, value * (1 + half_width))
+    out["latency_ms_ci_low"] = result["latency_ms"] * 0.97
+    out["latency_ms_ci_high"] = result["latency_ms"] * 1.03
+    out.update(bootstrap_samples=1000, bootstrap_method="percentile", val_images=100)
+    out["data_stats"] = {"train": {"images": 600}, "val": {"images": 100}}
+    return out
+
+
+def make_repeat_sweep(root: Path, *, seeds=(0, 1), size: int = 300) -> Path:
+    """Every meta-architecture over two extractors, each run once per seed, with intervals."""
+    for meta, ext, seed in itertools.product(META, ("mobilenet_v1", "resnet101"), seeds):
+        result = with_intervals(
+            fake_result(meta, ext, size, 300 if meta in TWO_STAGE else None), seed
+        )
+        write_job(root, f"meta_arch={meta},extractor={ext},seed={seed}", result)
+    return root

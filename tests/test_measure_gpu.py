@@ -10,6 +10,7 @@ from benchmark.device import Device
 from benchmark.measure import measure
 from benchmark.measure.memory import in_process_peak
 from benchmark.measure.settings import BenchSettings
+from benchmark.spec import InputSpec
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,7 +38,12 @@ def test_cuda_measure(cuda_toy, tmp_path, monkeypatch, precision):
         "roofline_seconds": 0.1,
     }
     out = measure(
-        model, dataset, bench, Device.from_spec("cuda"), image_size=(128, 128), out_dir=tmp_path
+        model,
+        dataset,
+        bench,
+        Device.from_spec("cuda"),
+        input_spec=InputSpec("square", 128),
+        out_dir=tmp_path,
     )
     assert out["measure_errors"] == {}
     assert out["latency_ms"] > 0 and out["predict_ms"] > 0 and out["throughput_ips"] > 0
@@ -58,3 +64,15 @@ def test_cuda_train_peak_exceeds_inference(cuda_toy):
 def test_cuda_cache_key_has_tf32():
     key = Device.from_spec("cuda").cache_key
     assert key.startswith("cuda-") and (key.endswith("-tf32") or key.endswith("-ieee"))
+
+
+def test_cuda_memory_limit_fails_allocations_beyond_it():
+    """The guard of the bounded memory probes on CUDA: the allocator's per-process fraction."""
+    dev = Device.from_spec("cuda")
+    before = torch.cuda.get_per_process_memory_fraction(dev.torch_device)
+    with dev.memory_limit(64) as enforced:
+        assert enforced
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(256 * 2**20, dtype=torch.uint8, device=dev.torch_device)
+    assert torch.cuda.get_per_process_memory_fraction(dev.torch_device) == before
+    assert torch.empty(256 * 2**20, dtype=torch.uint8, device=dev.torch_device).numel() > 0

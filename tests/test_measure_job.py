@@ -20,7 +20,8 @@ TINY = [
     "train.max_iters=0",
     "train.batch_size=2",
     "bench.warmup=1",
-    "bench.num_images=5",
+    "bench.num_images=12",
+    "bench.min_seconds=0",  # exactly 12 timed images: p90 and the median's interval, no p99
     "bench.throughput_batch_size=2",
     "bench.throughput_iters=1",
     "progress=false",
@@ -29,8 +30,10 @@ TINY = [
 # Keys with a value on every CPU result (CUDA-only and accuracy keys are null here).
 FILLED = (
     "latency_ms",
+    "latency_ms_ci_low",
+    "latency_ms_ci_high",
     "latency_ms_p90",
-    "latency_ms_p99",
+    "latency_ms_p99_note",
     "latency_ms_std",
     "cold_start_ms",
     "preprocess_ms",
@@ -107,14 +110,19 @@ def check_complete(result: dict, out: Path) -> None:
     assert (
         result["map"] is None and result["train_iters"] == 0
     )  # profile-only: accuracy not measured
-    assert result["latency_ms"] <= result["latency_ms_p90"] <= result["latency_ms_p99"]
+    assert result["latency_ms_ci_low"] <= result["latency_ms"] <= result["latency_ms_ci_high"]
+    assert result["latency_ms"] <= result["latency_ms_p90"] and result["latency_ms_p99"] is None
     stages = result["preprocess_ms"] + result["predict_ms"] + result["postprocess_ms"]
     assert stages == pytest.approx(result["latency_ms"], rel=0.05)
     assert result["gmacs"] > 0 and 0 < result["peak_fraction"] < 2
     assert result["peak_mem_mb"] > 0 and result["train_peak_mem_mb"] > result["peak_mem_mb"]
-    assert result["timing_n"] == 5 and result["input_size"] == [96, 96]
+    # Within the budget (half the free memory): both measured at the batch they are for.
+    assert result["mem_budget_mb"] > 0 and result["input_shape"] == [96, 96]
+    assert result["peak_mem_source"] == result["train_mem_source"] == "measured"
+    assert result["train_mem_batch_size"] == result["train_mem_probe_batch_size"] == 2
+    assert result["timing_n"] == 12 and result["input_size"] == [96, 96]
     samples = json.loads((out / "latency_samples.json").read_text())
-    assert len(samples["end_to_end_ms"]) == 5
+    assert len(samples["end_to_end_ms"]) == 12
 
 
 def test_profile_only_ssd_job(tmp_path, env):

@@ -14,6 +14,7 @@ from benchmark.device import Device
 from benchmark.measure import SAMPLES_FILE, measure
 from benchmark.measure.latency import measure_latency, measure_throughput, summarize
 from benchmark.measure.settings import BenchSettings
+from benchmark.spec import InputSpec
 
 BENCH_YAML = Path(__file__).resolve().parents[1] / "sweeps" / "bench" / "default.yaml"
 CPU = Device.from_spec("cpu")
@@ -40,22 +41,46 @@ def test_bench_yaml_matches_settings():
 
 
 def test_summarize_orders_percentiles():
-    s = summarize([5.0, 1.0, 3.0, 2.0, 100.0, 4.0])
+    s = summarize([5.0, 1.0, 3.0, 2.0, 100.0, 4.0] * 20)  # 120 samples: p90 and p99 exist
     assert s["min"] <= s["median"] <= s["p90"] <= s["p99"]
-    assert s["n"] == 6 and s["median"] == 3.5
+    assert s["n"] == 120 and s["median"] == 3.5
+    assert s["p90_note"] is None and s["p99_note"] is None
+    # order statistics 49 and 72 of 120 (Binomial(120, 1/2): 96.5 % coverage): a 3 and a 4
+    assert (s["ci_low"], s["ci_high"]) == (3.0, 4.0)
+
+
+def test_summarize_nulls_percentiles_a_small_sample_cannot_give():
+    """p90 needs 10 samples and p99 100; below that the percentile would be the maximum."""
+    s = summarize([float(v) for v in range(1, 7)])  # 6 samples
+    assert s["p90"] is None and s["p99"] is None
+    assert "needs >= 10" in s["p90_note"] and "had 6" in s["p90_note"]
+    assert (s["ci_low"], s["ci_high"]) == (1.0, 6.0)  # n = 6: min and max cover 96.9 %
+    s = summarize([float(v) for v in range(99)])
+    assert s["p90"] == pytest.approx(88.2) and s["p99"] is None and "needs >= 100" in s["p99_note"]
+    s = summarize([1.0] * 5)
+    assert s["ci_low"] is None and s["ci_high"] is None  # no 95 % interval from 5 samples
+
+
+def test_time_budget_times_more_images_up_to_the_cap(toy):
+    model, dataset = toy
+    capped = BenchSettings(warmup=0, num_images=3, min_seconds=60.0, max_images=7)
+    keys, record = measure_latency(model, dataset, CPU, capped)
+    assert keys["timing_n"] == 7 == len(record["end_to_end_ms"]) == len(record["image_indices"])
+    keys, _ = measure_latency(model, dataset, CPU, BenchSettings(warmup=0, num_images=3))
+    assert keys["timing_n"] == 3  # no budget: exactly num_images
+    fewer = BenchSettings(warmup=0, num_images=4, min_seconds=60.0, max_images=2)
+    assert measure_latency(model, dataset, CPU, fewer)[0]["timing_n"] == 4  # the minimum wins
+    with pytest.raises(ValueError, match="max_images"):
+        BenchSettings(max_images=0)
 
 
 def test_latency_keys_order_and_stage_sum(toy):
     model, dataset = toy
     keys, record = measure_latency(model, dataset, CPU, BenchSettings(warmup=2, num_images=12))
     assert keys["timing_n"] == 12 == len(record["end_to_end_ms"])
-    assert (
-        0
-        < keys["latency_ms_min"]
-        <= keys["latency_ms"]
-        <= keys["latency_ms_p90"]
-        <= keys["latency_ms_p99"]
-    )
+    assert 0 < keys["latency_ms_min"] <= keys["latency_ms"] <= keys["latency_ms_p90"]
+    assert keys["latency_ms_p99"] is None and keys["latency_ms_p99_note"]  # 12 < 100 samples
+    assert keys["latency_ms_ci_low"] <= keys["latency_ms"] <= keys["latency_ms_ci_high"]
     assert keys["cold_start_ms"] > 0 and keys["latency_ms_std"] >= 0
     # Stages are timed inside the end-to-end call: per sample they never exceed it and add up
     # to it up to the timers' overhead (microseconds). On a loaded machine the process can be
@@ -111,7 +136,7 @@ def test_measure_fast_path_writes_samples(toy, tmp_path):
         "throughput_iters": 1,
         "enabled": {"flops": False, "memory": False, "roofline": False},
     }
-    out = measure(model, dataset, bench, CPU, image_size=(128, 128), out_dir=tmp_path)
+    out = measure(model, dataset, bench, CPU, input_spec=InputSpec("square", 128), out_dir=tmp_path)
     assert out["measure_errors"] == {}
     assert out["latency_ms"] > 0 and out["throughput_ips"] > 0 and out["timing_n"] == 4
     assert out["gmacs"] is None and out["peak_mem_mb"] is None and out["peak_fraction"] is None

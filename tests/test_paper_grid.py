@@ -193,7 +193,9 @@ def test_the_cpu_sized_defaults_stay_the_defaults(hydra_sweeps):
     cfg = compose("config", overrides=["meta_arch=rfcn", "extractor=resnet101"])
     assert cfg.extractor.output_stride == 32
     # The grid is one option away for a single job.
-    cfg = compose("config", overrides=["grid=huang2017", "meta_arch=rfcn", "extractor=resnet101"])
+    cfg = compose(
+        "config", overrides=["recipe_set=huang2017", "meta_arch=rfcn", "extractor=resnet101"]
+    )
     assert cfg.extractor.output_stride == 16 and cfg.train.optimizer.lr == 3e-4
 
 

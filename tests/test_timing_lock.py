@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.device import Device
-from benchmark.timing_lock import exclusive_device, lock_path, timing_lock
+from benchmark.timing_lock import WorkGate, exclusive_device, lock_path, timing_lock, work_gate
 
 CPU = Device.from_spec("cpu")
 
@@ -62,6 +62,81 @@ def test_lock_info_and_disabled_lock(tmp_path):
         pass
     assert off.result_keys()["timing_exclusive"] is False and off.wait_seconds is None
     assert "cpu" in lock_path(CPU, tmp_path).name
+
+
+def _unit(lock_dir: str, seconds: float, queue) -> None:
+    with WorkGate(CPU, lock_dir) as gate, gate.unit():
+        queue.put(("in", time.time()))
+        time.sleep(seconds)
+        queue.put(("out", time.time()))
+
+
+def test_a_measurement_waits_for_the_work_unit_in_flight(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    worker = ctx.Process(target=_unit, args=(str(tmp_path), 0.6, queue))
+    worker.start()
+    assert queue.get(timeout=30)[0] == "in"
+    with exclusive_device(CPU, tmp_path) as info:
+        started = time.time()
+    worker.join(timeout=30)
+    kind, unit_end = queue.get(timeout=30)
+    assert kind == "out" and started >= unit_end  # the training step ended first
+    assert info.work_paused and info.result_keys()["timing_work_paused"] is True
+    assert info.wait_seconds >= 0.3
+
+
+def _units_back_to_back(lock_dir: str, seconds: float, offset: float, queue) -> None:
+    """A trainer stepping for 3 s, re-entering the gate right after each step."""
+    spans = []
+    time.sleep(offset)
+    with WorkGate(CPU, lock_dir) as gate:
+        t_end = time.time() + 3.0
+        while time.time() < t_end:
+            with gate.unit():
+                t0 = time.time()
+                time.sleep(seconds)
+                spans.append((t0, time.time()))
+        queue.put((spans, gate.paused_seconds))
+
+
+def test_work_pauses_during_a_measurement_and_cannot_starve_it(tmp_path):
+    """Two trainers whose steps overlap always hold the shared lock between them: with one
+    lock file (flock has no writer preference) a waiting measurement would get in only when
+    both stopped training. The gate's measure lock lets it in after at most one step, and
+    no step of either trainer overlaps it."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    workers = [
+        ctx.Process(target=_units_back_to_back, args=(str(tmp_path), 0.1, offset, queue))
+        for offset in (0.0, 0.05)
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(0.8)  # both trainers are stepping
+    with exclusive_device(CPU, tmp_path) as info:
+        start = time.time()
+        time.sleep(0.5)
+        end = time.time()
+    got = [queue.get(timeout=30) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    assert info.wait_seconds < 1.0  # a step or two, not the rest of the 3 s of training
+    for spans, paused in got:
+        assert all(e <= start or s >= end for s, e in spans)
+        assert any(s >= end for s, _ in spans)  # and training went on after
+        assert paused >= 0.3
+
+
+def test_disabled_gate_and_disabled_pause(tmp_path):
+    gate = work_gate(CPU, {"timing_lock": True, "timing_pause_work": False})
+    assert not gate.enabled
+    with exclusive_device(CPU, tmp_path) as info, gate.unit():  # no lock: no deadlock
+        pass
+    assert info.work_paused  # the measurement side still pauses gated work by default
+    with timing_lock(CPU, {"timing_pause_work": False, "timing_lock_dir": str(tmp_path)}) as i2:
+        pass
+    assert i2.exclusive and not i2.work_paused
 
 
 def _job(root: Path, name: str, lock_dir: Path) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,25 @@ from benchmark.measure.fastpath import prepare_inference
 from benchmark.measure.flops import count_predict, flop_keys
 from benchmark.measure.latency import load_images, measure_latency, measure_throughput
 from benchmark.measure.memory import KEYS as MEMORY_KEYS
-from benchmark.measure.memory import in_process_peak
+from benchmark.measure.memory import in_process_peaks
+from benchmark.measure.memory_bound import memory_budget_mb
 from benchmark.measure.memory_fresh import fresh_process_peaks
 from benchmark.measure.roofline import device_peaks, roofline_keys
 from benchmark.measure.settings import BenchSettings
 from benchmark.results import write_json_atomic
+from benchmark.spec import InputSpec, ModelRecipe
 
 __all__ = ["BenchSettings", "measure", "SAMPLES_FILE"]
 log = logging.getLogger(__name__)
 SAMPLES_FILE = "latency_samples.json"
 LATENCY_KEYS = (
     "latency_ms",
+    "latency_ms_ci_low",
+    "latency_ms_ci_high",
     "latency_ms_p90",
     "latency_ms_p99",
+    "latency_ms_p90_note",
+    "latency_ms_p99_note",
     "latency_ms_mean",
     "latency_ms_std",
     "latency_ms_min",
@@ -61,50 +68,36 @@ def _weights_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2.0**20
 
 
-def _train_settings(cfg, device: Device) -> tuple[int, str, Any]:
-    """Training batch size, precision and optimizer factory the way ``benchmark.train`` uses them."""
-    train = cfg.get("train") if cfg is not None else None
-    batch = int(train.batch_size) if train is not None else 2
-    amp = train is not None and bool(train.get("amp", False)) and device.is_cuda
-    precision = str(train.get("amp_dtype", "fp16")) if amp else "fp32"
-    if train is not None and train.get("optimizer") is not None:
-        from hydra.utils import instantiate
-
-        return batch, precision, lambda params: instantiate(train.optimizer, params=params)
-    from benchmark.measure.memory import default_optimizer
-
-    return batch, precision, default_optimizer
-
-
 def measure(
     model: nn.Module,
     dataset: Dataset,
-    cfg_bench,
+    settings: BenchSettings | Mapping[str, Any] | None,
     device: Device,
     *,
-    image_size: tuple[int, int],
+    input_spec: InputSpec,
+    recipe: ModelRecipe | None = None,
     out_dir: str | Path | None = None,
-    cfg=None,
 ) -> dict[str, Any]:
     """Run the enabled measurements and return the flat result keys.
 
     Args:
         model: a :class:`~models.meta_arch.base.DetectionModel` on ``device``.
         dataset: validation set yielding ``(image [3, H, W] in [0, 1], target)``, resized.
-        cfg_bench: the ``bench`` config node (or a dict, or None for the defaults).
+        settings: the job's :class:`BenchSettings` (a ``bench`` mapping or None, for the
+            defaults, is read with :meth:`BenchSettings.from_cfg`).
         device: where to measure.
-        image_size: ``(H, W)`` the job resizes to; the memory probes use it.
-        out_dir: the job folder; ``latency_samples.json`` is written there.
-        cfg: the whole job config: the fresh memory process rebuilds the model from it and
-            the training step uses ``train.batch_size``/``train.optimizer``. Without it the
-            CPU memory is measured in-process.
+        input_spec: the job's input; the memory probes run on ``input_spec.shape``.
+        recipe: how to rebuild the model and its training step: the fresh memory process
+            rebuilds from it, and the training-step probe uses its batch size (unless
+            ``bench.train_batch_size``), precision and optimizer. Without it the CPU memory
+            is measured in-process, the training step at batch 2 with SGD.
 
     Returns:
         Keys documented in docs/measurement.md. A measurement that raises leaves its keys
         null and adds ``measure_errors[name]``, so one broken probe does not discard the
         job's training and accuracy.
     """
-    s = BenchSettings.from_cfg(cfg_bench)
+    s = settings if isinstance(settings, BenchSettings) else BenchSettings.from_cfg(settings)
     if s.precision == "fp16" and not device.is_cuda:  # a config error: fail the job, say why
         raise ValueError("bench.precision=fp16 needs CUDA (autocast); use fp32 or bf16 on CPU")
     if s.num_threads:
@@ -187,7 +180,7 @@ def measure(
             roofline_keys(peaks, out["gmacs"], out["predict_ms"], out["latency_batch_size"] or 1)
         )
     if en.memory:
-        out.update(attempt("memory", lambda: _memory(model, device, s, cfg, image_size)) or {})
+        out.update(attempt("memory", lambda: _memory(model, device, s, recipe, input_spec)) or {})
     out.update(environment(device, s.precision))
     out["measure_errors"] = errors
     out["measure_seconds"] = seconds  # wall time of each measurement (budgeting sweeps)
@@ -196,38 +189,58 @@ def measure(
     return out
 
 
-def _memory(model: nn.Module, device: Device, s: BenchSettings, cfg, image_size) -> dict[str, Any]:
-    """Inference peak at ``bench.batch_size`` and training-step peak at the training batch size."""
-    train_bs, train_precision, make_optimizer = _train_settings(cfg, device)
-    train_bs = s.train_batch_size or train_bs
+def _memory(
+    model: nn.Module,
+    device: Device,
+    s: BenchSettings,
+    recipe: ModelRecipe | None,
+    input_spec: InputSpec,
+) -> dict[str, Any]:
+    """Inference peak at ``bench.batch_size`` and training-step peak at the training batch
+    size, each bounded by ``bench.memory_max_fraction`` of the free memory (memory_bound.py)."""
+    train_bs = s.train_batch_size or (recipe.train_batch_size if recipe else 2)
     probes = [("inference", s.batch_size)] + (
         [("train", train_bs)] if s.enabled.train_memory else []
     )
-    kw = {
-        "image_size": tuple(image_size),
-        "device": device,
-        "settings": s,
-        "train_precision": train_precision,
-    }
-    fresh = s.memory_fresh_process and not device.is_cuda and cfg is not None
+    shape = tuple(input_spec.shape)
+    budget = memory_budget_mb(device, s.memory_max_fraction)
+    fresh = s.memory_fresh_process and not device.is_cuda and recipe is not None
     if fresh:
-        peaks = fresh_process_peaks(model, cfg, probes=probes, **kw)
-    else:
-        peaks = [
-            in_process_peak(model, mode=m, batch_size=b, make_optimizer=make_optimizer, **kw)
-            for m, b in probes
-        ]
+        peaks = fresh_process_peaks(
+            model, recipe, probes=probes, shape=shape, device=device, settings=s, budget_mb=budget
+        )
+    else:  # CUDA (exact allocator statistics), or CPU in-process: no hard limit on CPU
+        peaks = in_process_peaks(
+            model,
+            probes,
+            shape=shape,
+            device=device,
+            settings=s,
+            train_precision=recipe.train_precision if recipe else "fp32",
+            optimizer=recipe.optimizer if recipe else None,
+            budget_mb=budget,
+            guard=device.is_cuda,
+        )
     inf = peaks[0]
     out = {
+        "mem_budget_mb": inf["budget_mb"],
         "peak_mem_mb": inf["peak_mb"],
         "peak_mem_reserved_mb": inf["reserved_mb"],
         "peak_mem_method": inf["method"],
+        "peak_mem_batch_size": inf["batch_size"],
+        "peak_mem_probe_batch_size": inf["probe_batch_size"],
+        "peak_mem_source": inf["source"],
+        "peak_mem_note": inf["note"],
         "cold_start_fresh_process_ms": inf["value"] if fresh else None,
     }
     if len(peaks) > 1:
+        train = peaks[1]
         out.update(
-            train_peak_mem_mb=peaks[1]["peak_mb"],
-            train_peak_mem_reserved_mb=peaks[1]["reserved_mb"],
-            train_mem_batch_size=train_bs,
+            train_peak_mem_mb=train["peak_mb"],
+            train_peak_mem_reserved_mb=train["reserved_mb"],
+            train_mem_batch_size=train["batch_size"],
+            train_mem_probe_batch_size=train["probe_batch_size"],
+            train_mem_source=train["source"],
+            train_mem_note=train["note"],
         )
     return out

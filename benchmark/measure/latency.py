@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from benchmark.device import Device
+from benchmark.intervals import median_interval, min_samples, percentile_is_supported
 from benchmark.measure.settings import BenchSettings
 
 STAGES = ("preprocess", "predict", "postprocess")
@@ -87,22 +89,35 @@ def timed_call(
     return out, dets
 
 
-def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
-    """Median, p90, p99, mean, sample standard deviation, min and n of per-call times (ms).
+def summarize(samples_ms: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Median with its confidence interval, p90, p99, mean, sample sd, min and n (ms).
 
-    Percentiles use linear interpolation (numpy's default), so median <= p90 <= p99 always.
+    Percentiles use linear interpolation (numpy's default), so median <= p90 <= p99. A
+    percentile is None, with the reason in ``p90_note`` / ``p99_note``, when the sample is
+    too small for it to be more than the largest value (:func:`percentile_is_supported`:
+    p90 needs 10 samples, p99 100). ``ci_low``/``ci_high`` is the distribution-free interval
+    of the median from order statistics (:func:`median_interval`; None below 6 samples).
     """
     a = np.asarray(samples_ms, dtype=float)
-    med, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {
-        "median": float(med),
-        "p90": float(p90),
-        "p99": float(p99),
-        "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-        "min": float(a.min()),
-        "n": int(a.size),
-    }
+    out: dict[str, Any] = {"median": float(np.median(a))}
+    for q in (90, 99):
+        supported = percentile_is_supported(a.size, q)
+        out[f"p{q}"] = float(np.percentile(a, q)) if supported else None
+        out[f"p{q}_note"] = (
+            None
+            if supported
+            else f"needs >= {min_samples(q)} timed calls to differ from the maximum, had {a.size}"
+        )
+    ci = median_interval(a, confidence)
+    out.update(
+        ci_low=ci[0] if ci else None,
+        ci_high=ci[1] if ci else None,
+        mean=float(a.mean()),
+        std=float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        min=float(a.min()),
+        n=int(a.size),
+    )
+    return out
 
 
 def median_split(
@@ -162,19 +177,23 @@ def _measure_latency(
     device: Device,
     settings: BenchSettings,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The cold call, ``warmup`` untimed calls, then ``num_images`` timed calls.
+    """The cold call, ``warmup`` untimed calls, then the timed calls.
 
     Each timed call processes ``batch_size`` images (1 by default, the papers' protocol).
+    At least ``num_images`` images are timed; while the timed phase has lasted less than
+    ``min_seconds`` (wall time), more are timed, up to ``max_images``: cheap models get
+    enough samples for a real p99 at a bounded cost.
 
     Returns:
-        The result keys (``latency_ms`` = median end-to-end, ``latency_ms_p90``/``_p99``/
-        ``_mean``/``_std``/``_min``, ``cold_start_ms``, the stage split of the median call
+        The result keys (``latency_ms`` = median end-to-end, ``latency_ms_ci_low``/
+        ``_ci_high``, ``latency_ms_p90``/``_p99`` (with ``_note``)/``_mean``/``_std``/``_min``, ``cold_start_ms``, the stage split of the median call
         ``preprocess_ms``/``predict_ms``/``postprocess_ms`` (:func:`median_split`),
         ``timing_n``...) and the per-call samples for ``latency_samples.json``.
     """
     model.eval()
     bs = settings.batch_size
-    n_calls = math.ceil(settings.num_images / bs)
+    min_calls = math.ceil(settings.num_images / bs)
+    max_calls = max(min_calls, math.ceil((settings.max_images or settings.num_images) / bs))
     first = 1 + settings.warmup  # call index of the first timed call
 
     def images(call: int) -> list[Tensor]:
@@ -189,16 +208,24 @@ def _measure_latency(
     for c in range(1, first):
         timed_call(model, images(c), device, settings)
     samples: dict[str, list[float]] = {k: [] for k in ("end_to_end", *STAGES)}
-    for c in range(first, first + n_calls):
-        t, _ = timed_call(model, images(c), device, settings)
+    start, n_calls = time.perf_counter(), 0
+    while n_calls < min_calls or (
+        n_calls < max_calls and time.perf_counter() - start < settings.min_seconds
+    ):
+        t, _ = timed_call(model, images(first + n_calls), device, settings)
         for k in samples:
             samples[k].append(t[k])
+        n_calls += 1
     e2e = summarize(samples["end_to_end"])
     near, split = median_split(samples, e2e["median"])
     keys: dict[str, Any] = {
         "latency_ms": e2e["median"],
+        "latency_ms_ci_low": e2e["ci_low"],
+        "latency_ms_ci_high": e2e["ci_high"],
         "latency_ms_p90": e2e["p90"],
         "latency_ms_p99": e2e["p99"],
+        "latency_ms_p90_note": e2e["p90_note"],
+        "latency_ms_p99_note": e2e["p99_note"],
         "latency_ms_mean": e2e["mean"],
         "latency_ms_std": e2e["std"],
         "latency_ms_min": e2e["min"],

@@ -8,13 +8,16 @@ CPU: the increase of the peak resident set size (VmHWM, the live-process part of
 ``getrusage(RUSAGE_SELF).ru_maxrss``; see :func:`peak_rss_mib`) over the baseline after the
 model is loaded, measured in a *fresh* process (:mod:`benchmark.measure.memory_fresh`),
 because in a process that already ran the model the allocator reuses freed memory and the
-increase reads near zero. The child rebuilds the detector from the job's resolved config,
-loads the weights, and per probe makes a synthetic batch at the job's input size, returns
+increase reads near zero. The child rebuilds the detector from the job's recipe, loads the
+weights, and per probe call makes a synthetic batch at the job's input shape, returns
 freed heap pages to the OS, resets the kernel's peak (``/proc/self/clear_refs``), runs ONE
 call (inference, then the training step) and reports the peak. So the CPU number is
-activations, workspaces, outputs and one-time first-call allocations (thread pools,
-oneDNN primitives); weights (``weights_mb``), inputs and the Python/torch runtime are
-excluded.
+activations, workspaces, outputs and one-time first-call allocations (oneDNN primitives);
+weights (``weights_mb``), inputs and the Python/torch runtime are excluded.
+
+Every probe is bounded (:func:`bounded_peaks`, :mod:`benchmark.measure.memory_bound`): it
+runs at the batch it is for only when that fits a share of the free memory, and is
+otherwise extrapolated from smaller batches or left null with the reason.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from torch import Tensor, nn
 
 from benchmark.device import Device
 from benchmark.measure.latency import timed_call
+from benchmark.measure.memory_bound import bounded_peak, input_mb
 from benchmark.measure.settings import BenchSettings
+from benchmark.spec import OptimizerSpec
 
 log = logging.getLogger(__name__)
 KEYS = (
@@ -44,7 +49,20 @@ KEYS = (
     "weights_mb",
     "peak_mem_method",
     "cold_start_fresh_process_ms",
+    # The bound (benchmark/measure/memory_bound.py): the batch each number is for, the largest
+    # batch actually run, measured or extrapolated, and why a number is missing.
+    "mem_budget_mb",
+    "peak_mem_batch_size",
+    "peak_mem_probe_batch_size",
+    "peak_mem_source",
+    "peak_mem_note",
+    "train_mem_probe_batch_size",
+    "train_mem_source",
+    "train_mem_note",
 )
+# A training step starts at batch 2: BatchNorm in training mode needs more than one value
+# per channel, which a 1x1 map (the last SSD layers at small sizes) has only at batch >= 2.
+TRAIN_SMALLEST_BATCH = 2
 
 
 def reset_rss_peak() -> bool:
@@ -106,11 +124,6 @@ def synthetic_batch(
     return images, targets
 
 
-def default_optimizer(params) -> torch.optim.Optimizer:
-    """SGD with momentum: what the training step uses when no ``train.optimizer`` config is given."""
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-
-
 def _inference(
     model: nn.Module, images: list[Tensor], device: Device, settings: BenchSettings
 ) -> float:
@@ -121,14 +134,24 @@ def _inference(
 
 
 def _train_step(
-    model: nn.Module, images, targets, device: Device, precision: str, make_optimizer
+    model: nn.Module,
+    images,
+    targets,
+    device: Device,
+    precision: str,
+    optimizer: OptimizerSpec | None,
 ) -> None:
     model.train()
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
-    with device.autocast(precision):
-        losses = model(images, targets)
-    sum(losses.values()).backward()
-    optimizer.step()  # allocates the optimizer state (momentum, Adam moments) at the peak
+    opt = (optimizer or OptimizerSpec()).build([p for p in model.parameters() if p.requires_grad])
+    try:
+        with device.autocast(precision):
+            losses = model(images, targets)
+        sum(losses.values()).backward()
+        opt.step()  # allocates the optimizer state (momentum, Adam moments) at the peak
+    finally:
+        # The peak is taken; free gradients and state so the next probe allocates its own.
+        model.zero_grad(set_to_none=True)
+        del opt
 
 
 def probe(
@@ -139,17 +162,75 @@ def probe(
     device: Device,
     settings: BenchSettings,
     train_precision: str,
-    make_optimizer,
+    optimizer: OptimizerSpec | None,
 ) -> dict[str, Any]:
     """:func:`peak_of` one inference call or one training step (``mode``) on the given batch."""
     if mode == "inference":
         return peak_of(lambda: _inference(model, images, device, settings), device)
     if mode == "train":
         return peak_of(
-            lambda: _train_step(model, images, targets, device, train_precision, make_optimizer),
+            lambda: _train_step(model, images, targets, device, train_precision, optimizer),
             device,
         )
     raise ValueError(f"memory probe mode must be inference or train, got {mode!r}")
+
+
+def probe_batch(
+    model: nn.Module,
+    mode: str,
+    batch_size: int,
+    shape: tuple[int, int],
+    device: Device,
+    settings: BenchSettings,
+    train_precision: str = "fp32",
+    optimizer: OptimizerSpec | None = None,
+    *,
+    limit_mb: float | None = None,
+) -> dict[str, Any]:
+    """:func:`probe` on a synthetic batch of ``batch_size`` images ``[3, *shape]``; with
+    ``limit_mb``, the batch and the call run under :meth:`Device.memory_limit`."""
+    release_free_memory()  # the limit counts from the current mappings: trim them first
+    guard = device.memory_limit(limit_mb) if limit_mb is not None else contextlib.nullcontext()
+    with guard:
+        images, targets = synthetic_batch(
+            batch_size, shape, int(model.num_classes), device.torch_device
+        )
+        return probe(model, mode, images, targets, device, settings, train_precision, optimizer)
+
+
+def bounded_peaks(
+    model: nn.Module,
+    probes: list[tuple[str, int]],
+    shape: tuple[int, int],
+    device: Device,
+    settings: BenchSettings,
+    train_precision: str = "fp32",
+    optimizer: OptimizerSpec | None = None,
+    *,
+    budget_mb: float | None = None,
+    guard: bool = False,
+) -> list[dict[str, Any]]:
+    """One :func:`~benchmark.measure.memory_bound.bounded_peak` per ``(mode, batch)`` probe,
+    in order; with ``guard`` every call runs under a hard limit of ``budget_mb``."""
+    limit = budget_mb if guard else None
+    out = []
+    for mode, target in probes:
+
+        def run(b: int, mode: str = mode) -> dict[str, Any]:
+            return probe_batch(
+                model, mode, b, shape, device, settings, train_precision, optimizer, limit_mb=limit
+            )
+
+        peak = bounded_peak(
+            run,
+            int(target),
+            budget_mb,
+            smallest=TRAIN_SMALLEST_BATCH if mode == "train" else 1,
+            extrapolate=settings.memory_extrapolate,
+            input_mb_per_image=input_mb(1, shape),
+        )
+        out.append({**peak, "budget_mb": budget_mb})
+    return out
 
 
 def peak_of(fn, device: Device) -> dict[str, Any]:
@@ -202,22 +283,30 @@ def in_process_peak(
     device: Device,
     settings: BenchSettings,
     train_precision: str = "fp32",
-    make_optimizer=default_optimizer,
+    optimizer: OptimizerSpec | None = None,
 ) -> dict[str, Any]:
-    """Measure in this process. A training step changes the weights and BN statistics, so
-    they are snapshotted to host memory first and restored afterwards."""
-    images, targets = synthetic_batch(
-        batch_size, image_size, int(model.num_classes), device.torch_device
-    )
-    if mode == "inference":
-        return probe(
-            model, mode, images, targets, device, settings, train_precision, make_optimizer
+    """One unbounded :func:`probe_batch` in this process (see :func:`in_process_peaks`)."""
+    with _restored(model, mode == "train"):
+        return probe_batch(
+            model, mode, batch_size, image_size, device, settings, train_precision, optimizer
         )
+
+
+def in_process_peaks(model: nn.Module, probes: list[tuple[str, int]], **kw) -> list[dict]:
+    """:func:`bounded_peaks` in this process (``kw`` as there). Training steps change the
+    weights and BN statistics, so they are snapshotted to host memory first and restored."""
+    with _restored(model, any(mode == "train" for mode, _ in probes)):
+        return bounded_peaks(model, probes, **kw)
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module, enabled: bool):
+    if not enabled:
+        yield
+        return
     snapshot = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     try:
-        return probe(
-            model, mode, images, targets, device, settings, train_precision, make_optimizer
-        )
+        yield
     finally:
         model.load_state_dict(snapshot)
         model.zero_grad(set_to_none=True)

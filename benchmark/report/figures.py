@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from benchmark.report.pareto import critical_points, frontier
+from benchmark.report.pareto import critical_points, frontier, noise_verdicts
+from benchmark.report.protocol import Protocols
+from benchmark.report.repeats import summarize_repeats
 from benchmark.report.style import (
     colour_for,
     device_title,
@@ -44,6 +46,18 @@ _TAG_STYLE = {
     "most accurate": ((-5, 9), "bottom"),
 }
 _UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "peak_mem_mb": "MiB"}
+# Accuracy axes of the Pareto figures, shown in percent (the data need not be COCO's: the
+# dataset is in the subtitle; the metric is COCO's definition, computed with pycocotools).
+_AP_NAMES = {
+    "map": "mAP@[.5:.95]",
+    "map_50": "mAP@.5",
+    "map_75": "mAP@.75",
+    "map_small": "mAP, small objects",
+    "map_medium": "mAP, medium objects",
+    "map_large": "mAP, large objects",
+    "mar_100": "AR@100",
+}
+_AP_SHORT = {"map": "mAP", "map_50": "mAP@.5", "map_75": "mAP@.75", "mar_100": "AR@100"}
 
 
 def scatter_models(ax, rows: pd.DataFrame, x: str, y: str, *, size: float = 46, **kw) -> None:
@@ -148,7 +162,7 @@ def set_log_axis(ax, axis: str, values: pd.Series) -> None:
 def annotate_critical(ax, key_ax, front: pd.DataFrame, cost: str, accuracy: str) -> None:
     """Ring and tag the critical points on ``ax``; describe them in full on ``key_ax``."""
     names = critical_points(front, cost, accuracy)
-    lines = []
+    lines, overlapping = [], []
     for index, name in names.items():
         if not name:
             continue
@@ -178,48 +192,139 @@ def annotate_critical(ax, key_ax, front: pd.DataFrame, cost: str, accuracy: str)
             zorder=5,
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8},
         )
+        interval = ""
+        low, high = row.get(f"{accuracy}_ci_low"), row.get(f"{accuracy}_ci_high")
+        if pd.notna(low) and pd.notna(high):
+            interval = f" [{low:.1f}, {high:.1f}]"
+        if row.get("vs_cheaper") == "not distinguishable":
+            overlapping.append(name.capitalize())
         lines.append(
             (
                 name.capitalize(),
-                f"{row['label']}: {row[cost]:.4g} {_UNITS.get(cost, cost)}, "
-                f"mAP {row[accuracy]:.3f}",
+                f"{row['label']}: {row[cost]:.3g} {_UNITS.get(cost, cost)}, "
+                f"{_AP_SHORT.get(accuracy, accuracy)} {row[accuracy]:.1f} %{interval}",
             )
+        )
+    if overlapping:  # frontier verdicts (noise_verdicts) when the rows carry them
+        lines.append(
+            ("Not distinct:", f"{', '.join(overlapping)}: 95 % interval overlaps the next cheaper")
         )
     key_ax.axis("off")
     for i, (name, text) in enumerate(lines):
-        y = 1.0 - i / 3
+        y = 1.0 - i / 4
         key_ax.text(
             0.0,
             y,
-            f"{name}:",
+            name if name.endswith(":") else f"{name}:",
             fontsize=8.5,
             fontweight="bold",
             va="top",
             transform=key_ax.transAxes,
         )
-        key_ax.text(0.17, y, text, fontsize=8.5, va="top", transform=key_ax.transAxes)
+        # Out of the layout: a long line must not make constrained layout shrink the axes
+        # to nothing (it only runs past the right edge).
+        key_ax.text(
+            0.17, y, text, fontsize=8.5, va="top", transform=key_ax.transAxes, in_layout=False
+        )
+
+
+def in_percent(rows: pd.DataFrame, accuracy: str) -> pd.DataFrame:
+    """``accuracy`` and its interval columns times 100 (AP is read in percent)."""
+    columns = [c for c in (accuracy, f"{accuracy}_ci_low", f"{accuracy}_ci_high") if c in rows]
+    return rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") * 100 for c in columns})
+
+
+def _error_bars(ax, rows: pd.DataFrame, x: str, y: str) -> bool:
+    """Draw each point's intervals (``<col>_ci_low``/``_ci_high``) as bars in its colour.
+
+    Returns:
+        Whether any bar was drawn.
+    """
+
+    def err(column: str) -> np.ndarray | None:
+        low, high = f"{column}_ci_low", f"{column}_ci_high"
+        if low not in rows or high not in rows:
+            return None
+        value = rows[column].to_numpy(float)
+        lo = pd.to_numeric(rows[low], errors="coerce").to_numpy(float)
+        hi = pd.to_numeric(rows[high], errors="coerce").to_numpy(float)
+        # A percentile interval may miss its estimate (a biased bootstrap); never negative.
+        return np.vstack([np.clip(value - lo, 0, None), np.clip(hi - value, 0, None)])
+
+    drawn = False
+    # Accuracy bars in full, cost bars (latency) lighter: accuracy is what the intervals
+    # are mostly about, and a seed interval of latency from two runs can be wide.
+    for axis, errors, width, alpha in (("y", err(y), 1.0, 0.9), ("x", err(x), 0.7, 0.5)):
+        if errors is None:
+            continue
+        for i, (_, row) in enumerate(rows.iterrows()):
+            if np.isnan(errors[:, i]).any():
+                continue
+            ax.errorbar(
+                [row[x]],
+                [row[y]],
+                **{f"{axis}err": errors[:, i : i + 1]},
+                fmt="none",
+                ecolor=colour_for(row["extractor"]),
+                elinewidth=width,
+                capsize=2.5,
+                alpha=alpha,
+                zorder=2.5,
+            )
+            drawn = True
+    return drawn
+
+
+def _mark_protocols(ax, rows: pd.DataFrame, letters: pd.Series, x: str, y: str) -> None:
+    """Write each point's protocol letter next to it (only when the rows mix protocols)."""
+    for index, row in rows.iterrows():
+        ax.annotate(
+            letters.loc[index],
+            (row[x], row[y]),
+            xytext=(5, -9),
+            textcoords="offset points",
+            fontsize=7.5,
+            fontweight="bold",
+            color="#b30000",
+            zorder=5,
+        )
+
+
+def _repeats_note(rows: pd.DataFrame) -> str:
+    n = rows["n"].dropna().astype(int) if "n" in rows else pd.Series(dtype=int)
+    if n.empty or n.max() <= 1:
+        return ""
+    return f", {n.min()} seeds each" if n.min() == n.max() else f", {n.min()}-{n.max()} seeds"
 
 
 @styled
 def pareto_figure(
     df: pd.DataFrame, cost: str = "latency_ms", accuracy: str = "map"
 ) -> Figure | None:
-    """Accuracy vs ``cost`` for every ok job, the Pareto frontier and its critical points.
+    """Accuracy vs ``cost`` per configuration, the Pareto frontier and its critical points.
+
+    Seed repeats are averaged first (:func:`benchmark.report.repeats.summarize_repeats`);
+    error bars are the intervals of the summary (bootstrap over validation images for one
+    run, with seed repeats also their spread; latency: the interval of the median). AP is
+    shown in percent; the subtitle states the protocol and marks mixed ones.
 
     Args:
-        df: the results table.
+        df: the results table, or its repeat summary (it has an ``n`` column).
         cost: ``latency_ms``, ``gmacs`` or ``peak_mem_mb`` (any numeric column works).
         accuracy: the accuracy column (``map`` for Figure 2).
 
     Returns:
         The figure, or None when no job has both values.
     """
-    rows = ok_rows(df, cost, accuracy)
+    summary = df if "n" in df else summarize_repeats(df)
+    rows = ok_rows(summary, cost, accuracy)
     if rows.empty:
         return None
-    fig = Figure(figsize=(8.6, 5.6), layout="constrained")
-    ax, key_ax = fig.subplots(2, 1, height_ratios=[11, 1.25])
+    rows = in_percent(rows, accuracy)
+    fig = Figure(figsize=(8.6, 6.2), layout="constrained")
+    ax, key_ax = fig.subplots(2, 1, height_ratios=[11, 1.6])
     front = frontier(rows, cost, accuracy)
+    front = pd.concat([front, noise_verdicts(front, accuracy)], axis=1)
     # A staircase: any budget between two frontier points buys the cheaper one's accuracy.
     xs = [*front[cost], rows[cost].max() * 1.05]
     ys = [*front[accuracy], front[accuracy].iloc[-1]]
@@ -233,14 +338,23 @@ def pareto_figure(
         zorder=2,
         label="_frontier",
     )
+    bars = _error_bars(ax, rows, cost, accuracy)
     scatter_models(ax, rows, cost, accuracy)
-    ax.set_ylim(bottom=0, top=max(rows[accuracy].max() * 1.18, 0.05))
+    high = pd.to_numeric(rows.get(f"{accuracy}_ci_high", rows[accuracy]), errors="coerce")
+    top = max(rows[accuracy].max() * 1.18, np.nanmax([high.max(), 0.0]) * 1.05, 5.0)
+    ax.set_ylim(bottom=0, top=top)
     annotate_critical(ax, key_ax, front, cost, accuracy)
     set_log_axis(ax, "x", rows[cost])
     _left_margin(ax, rows[cost])
+    protocols = Protocols(rows)
+    if protocols.mixed:
+        _mark_protocols(ax, rows, protocols.letters, cost, accuracy)
     ax.set_xlabel(label(cost))
-    ax.set_ylabel(label(accuracy))
-    suptitle(fig, f"{_TITLES.get(cost, cost)} ({len(rows)} configurations)", rows)
+    ax.set_ylabel(f"{_AP_NAMES.get(accuracy, label(accuracy))}, validation set (%)")
+    title = f"{_TITLES.get(cost, cost)} ({len(rows)} configurations{_repeats_note(rows)})"
+    fig.suptitle(title, fontsize=10.5)
+    # The protocol over the axes (not the figure: the legend takes the upper right).
+    ax.set_title(protocols.subtitle(), fontsize=8.5, color="0.25")
     frontier_handle = Line2D([], [], color="0.25", linestyle="--", linewidth=1.2)
     ring = Line2D(
         [],
@@ -251,7 +365,11 @@ def pareto_figure(
         linestyle="",
         markeredgecolor="black",
     )
-    model_legends(ax, rows, extra=[(frontier_handle, "Pareto frontier"), (ring, "Critical point")])
+    extra = [(frontier_handle, "Pareto frontier"), (ring, "Critical point")]
+    if bars:
+        bar = Line2D([], [], color="0.3", marker="|", markersize=9, linewidth=1.0)
+        extra.append((bar, "95 % interval"))
+    model_legends(ax, rows, extra=extra)
     return fig
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.report.pareto import indistinguishable_critical_points
+from benchmark.report.protocol import Protocols, uncertainty_text
 from benchmark.report.style import device_title
 
 CAPTIONS = {
@@ -35,7 +37,10 @@ CAPTIONS = {
 TABLE_COLUMNS = [
     "label",
     "neck",
+    "n",
     "map",
+    "map_ci_low",
+    "map_ci_high",
     "map_50",
     "map_75",
     "map_small",
@@ -175,17 +180,84 @@ def _protocol(df: pd.DataFrame) -> str:
     return text + _table(values)
 
 
+_FRONTIER_COLUMNS = [
+    "axis",
+    "critical",
+    "vs_cheaper",
+    "label",
+    "neck",
+    "n",
+    "map",
+    "map_ci_low",
+    "map_ci_high",
+    "latency_ms",
+    "gmacs",
+    "peak_mem_mb",
+    "job",
+]
+
+
+def _header(df: pd.DataFrame, summary: pd.DataFrame | None) -> str:
+    """The protocol (dataset, budget, size, precision, device, threads), how the intervals
+    were made, and a warning when the rows mix protocols."""
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    if ok.empty:
+        return ""
+    protocols = Protocols(ok)
+    parts = [
+        f'<p class="meta"><strong>Protocol:</strong> {html.escape(" · ".join(protocols.common()))}.'
+        " Accuracy: COCO-style AP (pycocotools) on the validation split, in percent in the "
+        f"figures.<br>{html.escape(uncertainty_text(ok, summary))}</p>"
+    ]
+    if protocols.mixed:
+        items = "".join(
+            f"<li><strong>{k}</strong>: {html.escape(v)} "
+            f"({int((protocols.letters == k).sum())} jobs)</li>"
+            for k, v in protocols.legend.items()
+        )
+        parts.append(
+            f'<p class="failed"><strong>These results mix protocols</strong> '
+            f"({html.escape(', '.join(protocols.differing))}): their numbers are not "
+            f"comparable as they stand. The Pareto figures mark each point with its letter.</p>"
+            f"<ul>{items}</ul>"
+        )
+    return "\n".join(parts)
+
+
+def _noise(frontier: pd.DataFrame) -> str:
+    """The critical points whose accuracy intervals overlap their cheaper neighbour's."""
+    if frontier.empty or "vs_cheaper" not in frontier:
+        return ""
+    sentences = indistinguishable_critical_points(frontier)
+    if sentences:
+        items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+        return f"<p>Not distinguishable (overlapping 95 % intervals):</p><ul>{items}</ul>"
+    if (frontier["vs_cheaper"] == "no interval").any():
+        return "<p>Without accuracy intervals, differences between points are not tested.</p>"
+    return (
+        "<p>Every critical point is more accurate than its cheaper frontier neighbour beyond "
+        "the 95 % intervals.</p>"
+    )
+
+
 def render_html(
-    df: pd.DataFrame, frontier: pd.DataFrame, figures: dict[str, Path], *, title: str, source: str
+    df: pd.DataFrame,
+    frontier: pd.DataFrame,
+    figures: dict[str, Path],
+    *,
+    title: str,
+    source: str,
+    summary: pd.DataFrame | None = None,
 ) -> str:
     """The report page as a string.
 
     Args:
         df: the results table.
-        frontier: :func:`benchmark.report.pareto.frontier_table` of ``df``.
+        frontier: :func:`benchmark.report.pareto.frontier_table` of ``summary``.
         figures: PNG name -> path, embedded in this order.
         title: page heading (the sweep name).
         source: the sweep folder, shown for reference.
+        summary: the repeat summary of ``df`` (one row per configuration), if computed.
     """
     counts = df["status"].value_counts() if not df.empty else pd.Series(dtype=int)
     count_html = "".join(
@@ -198,15 +270,18 @@ def render_html(
 <h1>detbench: {html.escape(title)}</h1>
 <p class="meta">{len(df)} jobs in <code>{html.escape(source)}</code>, report written {now}.
 Device: {device}.</p>
+{_header(df, summary)}
 <p class="counts">{count_html}</p>
 <h2>Critical points of the frontiers</h2>
 <p>Fastest (cheapest), sweet spot (elbow) and most accurate Pareto-optimal configurations per cost
-(Huang et al. 2017 Table 3).</p>
-{_table(critical, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
+(Huang et al. 2017 Table 3). <code>vs_cheaper</code>: <em>better</em> only when the point's 95 %
+accuracy interval lies above that of the next cheaper frontier point.</p>
+{_table(critical, _FRONTIER_COLUMNS)}
+{_noise(frontier)}
 <h2>Figures</h2>
 {_figures(figures)}
 <h2>Pareto frontiers</h2>
-{_table(frontier, ["axis", "critical", "label", "neck", "map", "latency_ms", "gmacs", "peak_mem_mb", "job"])}
+{_table(frontier, _FRONTIER_COLUMNS)}
 <h2>All configurations</h2>
 {_table(df[df["status"] == "ok"] if not df.empty else df, TABLE_COLUMNS)}
 <h2>Failed and skipped jobs</h2>
@@ -217,7 +292,9 @@ Device: {device}.</p>
 {_protocol(df) if not df.empty else ""}
 <h2>Files</h2>
 <p><code>results.csv</code> (one row per job; columns in <code>results/README.md</code>),
-<code>frontier.csv</code>, the PNG figures, and each job's <code>result.json</code>.</p>
+<code>summary.csv</code> (one row per configuration: seed repeats averaged, with sd, n and
+intervals), <code>frontier.csv</code> (computed on the summary), the PNG figures, and each job's
+<code>result.json</code>.</p>
 """
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -98,13 +98,47 @@ def critical_points(front: pd.DataFrame, cost: str, accuracy: str = "map") -> pd
     return names
 
 
+def noise_verdicts(front: pd.DataFrame, accuracy: str = "map") -> pd.DataFrame:
+    """Whether each frontier point is really more accurate than its cheaper neighbour.
+
+    The cheaper neighbour is the most accurate configuration that costs less, so the
+    question is whether the extra cost buys accuracy beyond noise: ``better`` only when the
+    point's interval (``<accuracy>_ci_low``/``_ci_high``) lies entirely above the
+    neighbour's, ``not distinguishable`` when they overlap, ``no interval`` when either
+    has none; empty for the cheapest point.
+
+    Args:
+        front: one frontier, sorted by cost.
+
+    Returns:
+        ``vs_cheaper`` and ``cheaper_label`` (the neighbour's label), aligned with ``front``.
+    """
+    out = pd.DataFrame({"vs_cheaper": "", "cheaper_label": ""}, index=front.index, dtype=object)
+    low_col, high_col = f"{accuracy}_ci_low", f"{accuracy}_ci_high"
+    nan = pd.Series(np.nan, index=front.index)
+    lows = pd.to_numeric(front.get(low_col, nan), errors="coerce")
+    highs = pd.to_numeric(front.get(high_col, nan), errors="coerce")
+    labels = front.get("label", pd.Series("", index=front.index))
+    for i in range(1, len(front)):
+        low, cheaper_high = lows.iloc[i], highs.iloc[i - 1]
+        if np.isnan(low) or np.isnan(cheaper_high) or np.isnan(lows.iloc[i - 1]):
+            verdict = "no interval"
+        else:
+            verdict = "better" if low > cheaper_high else "not distinguishable"
+        out.iloc[i] = [verdict, labels.iloc[i - 1]]
+    return out
+
+
 def frontier_table(
     df: pd.DataFrame, accuracy: str = "map", axes: dict[str, str] | None = None
 ) -> pd.DataFrame:
-    """All frontiers in one table: ``axis`` (latency / gmacs / memory), ``critical``, rows.
+    """All frontiers in one table: ``axis`` (latency / gmacs / memory), ``critical``,
+    ``vs_cheaper`` (:func:`noise_verdicts`), rows.
 
     Args:
-        df: the results table (:func:`benchmark.report.table.load_results`).
+        df: the results table (:func:`benchmark.report.table.load_results`), or its
+            repeat summary (:func:`benchmark.report.repeats.summarize_repeats`), on which
+            the report computes frontiers.
         accuracy: the accuracy column to maximize.
         axes: cost column -> axis name; default :data:`COST_AXES`.
 
@@ -122,10 +156,12 @@ def frontier_table(
         front = front.assign(
             axis=name, cost_column=cost, critical=critical_points(front, cost, accuracy)
         )
-        parts.append(front)
+        parts.append(pd.concat([front, noise_verdicts(front, accuracy)], axis=1))
     lead = [
         "axis",
         "critical",
+        "vs_cheaper",
+        "cheaper_label",
         "label",
         "meta_arch",
         "extractor",
@@ -134,6 +170,9 @@ def frontier_table(
         "output_stride",
         "neck",
         accuracy,
+        f"{accuracy}_ci_low",
+        f"{accuracy}_ci_high",
+        "n",
         *(axes or COST_AXES),
         "job",
     ]
@@ -142,3 +181,40 @@ def frontier_table(
     table = pd.concat(parts, ignore_index=True)
     lead = [c for c in lead if c in table]
     return table[lead + [c for c in table.columns if c not in lead]]
+
+
+_UNITS = {"latency_ms": "ms", "gmacs": "GMACs", "peak_mem_mb": "MiB"}
+
+
+def indistinguishable_critical_points(front_table: pd.DataFrame, accuracy: str = "map") -> list:
+    """Sentences for the critical points not distinguishable from their cheaper neighbour.
+
+    Args:
+        front_table: :func:`frontier_table` (one block per axis, cheapest first).
+
+    Returns:
+        One sentence per such point, e.g. ``latency: RefineDet w/ ResNet-18 (most accurate,
+        25 ms) and SSD w/ ResNet-18 (23 ms): not distinguishable at this budget (mAP 31.2 %
+        [29.0, 33.4] vs 30.1 % [27.9, 32.2])``.
+    """
+    out = []
+    if front_table.empty or "vs_cheaper" not in front_table:
+        return out
+    low_col, high_col = f"{accuracy}_ci_low", f"{accuracy}_ci_high"
+
+    def ap(row) -> str:
+        return f"{100 * row[accuracy]:.1f} % [{100 * row[low_col]:.1f}, {100 * row[high_col]:.1f}]"
+
+    for _, axis in front_table.groupby("axis", sort=False):
+        for i in range(1, len(axis)):
+            row, cheaper = axis.iloc[i], axis.iloc[i - 1]
+            if not row["critical"] or row["vs_cheaper"] != "not distinguishable":
+                continue
+            cost = row["cost_column"]
+            unit = _UNITS.get(cost, cost)
+            out.append(
+                f"{row['axis']}: {row['label']} ({row['critical']}, {row[cost]:.3g} {unit}) and "
+                f"{cheaper['label']} ({cheaper[cost]:.3g} {unit}): not distinguishable at this "
+                f"budget (mAP {ap(row)} vs {ap(cheaper)})"
+            )
+    return out

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report.imagenet import imagenet_top1
+from benchmark.report.repeats import repeat_group
 from benchmark.report.style import TWO_STAGE, extractor_name, meta_arch_name
 from benchmark.results import RESULT_FILE
 
@@ -90,12 +91,18 @@ CONFIG_COLUMNS = [
     ("output_stride", "extractor.output_stride"),
     ("model_name", "extractor.model_name"),
     ("pretrained", "extractor.pretrained"),
+    ("weights_path", "extractor.weights_path"),
     ("frozen_bn", "extractor.frozen_bn"),
     ("max_iters", "train.max_iters"),
     ("batch_size", "train.batch_size"),
     ("lr", "train.optimizer.lr"),
     ("num_train", "data.num_train"),
     ("num_val", "data.num_val"),
+]
+# Split sizes as the data pipeline counted them (any dataset): (column, path in the result).
+STATS_COLUMNS = [
+    ("train_images", "data_stats.train.images"),
+    ("val_images", "data_stats.val.images"),
 ]
 # COCO's summarize() writes -1 for "no ground truth of this kind": not a score.
 _COCO_ABSENT = -1.0
@@ -178,7 +185,10 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
         value = _lookup(config, dotted)
         if isinstance(value, str | int | float | bool) or value is None:
             row.setdefault(column, value)
+    for column, dotted in STATS_COLUMNS:
+        row.setdefault(column, _lookup(record, dotted))
     row["neck"] = _neck(record)
+    row["repeat_group"] = repeat_group(record)  # rows sharing it are seed repeats
     return row
 
 
@@ -206,6 +216,7 @@ def results_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     for column in ACCURACY_COLUMNS:
         df.loc[df[column] == _COCO_ABSENT, column] = np.nan
     df = df.astype({"meta_arch": object, "extractor": object, "status": object})
+    df = df.copy()  # one block per dtype again: astype and the conversions split it per column
     df["meta_arch"] = df["meta_arch"].fillna("unknown")
     df["extractor"] = df["extractor"].fillna("unknown")
     df["status"] = df["status"].fillna("failed")

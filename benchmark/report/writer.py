@@ -1,4 +1,4 @@
-"""Write a sweep's report: results.csv, frontier.csv, the PNG figures and report.html.
+"""Write a sweep's report: results.csv, summary.csv, frontier.csv, the figures and report.html.
 
 Run by ``detbench-report <sweep folder>`` and, through the Hydra callback, at the end of
 every multirun. It reads only the result.json files, so it can be re-run at any time, on a
@@ -21,6 +21,7 @@ from benchmark.report import paper_figures as pf
 from benchmark.report.figures import pareto_figure
 from benchmark.report.html import render_html
 from benchmark.report.pareto import COST_AXES, frontier_table
+from benchmark.report.repeats import summarize_repeats
 from benchmark.report.style import RC
 from benchmark.report.table import load_results
 
@@ -98,24 +99,31 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     """Aggregate ``sweep_dir`` and write the report files into ``out_dir`` (default: it).
 
     Returns:
-        The counts by status and the written files (``results.csv``, ``frontier.csv``, the
-        PNGs and ``report.html``).
+        The counts by status and the written files (``results.csv``, ``summary.csv``,
+        ``frontier.csv``, the PNGs and ``report.html``).
     """
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     df = load_results(sweep_dir)
-    front = frontier_table(df)
-    files = {"results.csv": out_dir / "results.csv", "frontier.csv": out_dir / "frontier.csv"}
-    _write_text(
-        files["results.csv"], df.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
-    )
-    _write_text(
-        files["frontier.csv"], front.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
-    )
+    summary = summarize_repeats(df)  # one row per configuration: seed repeats aggregated
+    front = frontier_table(summary)
+    tables = {"results.csv": df, "summary.csv": summary, "frontier.csv": front}
+    files = {name: out_dir / name for name in tables}
+    for name, table in tables.items():
+        _write_text(
+            files[name], table.drop(columns=["job_dir"], errors="ignore").to_csv(index=False)
+        )
     figures = save_figures(df, out_dir)
     files.update(figures)
-    page = render_html(df, front, figures, title=sweep_dir.resolve().name, source=str(sweep_dir))
+    page = render_html(
+        df,
+        front,
+        figures,
+        title=sweep_dir.resolve().name,
+        source=str(sweep_dir),
+        summary=summary,
+    )
     files["report.html"] = out_dir / "report.html"
     _write_text(files["report.html"], page)
     counts = {str(k): int(v) for k, v in df["status"].value_counts().items()} if len(df) else {}

@@ -27,7 +27,7 @@ Deviations from the papers, and why (the components' own are in their modules):
     * ``predict`` sees only the padded batch, so proposals are clipped to the padded size;
       detections are clipped to each image's own size in ``postprocess``.
     * Training (the ``train`` config): the CPU-sized defaults use AdamW on batches of padded
-      images; ``grid=huang2017`` (docs/sweeps.md) uses Huang et al.'s momentum SGD, batch 1.
+      images; ``recipe_set=huang2017`` (docs/sweeps.md) uses Huang et al.'s momentum SGD, batch 1.
     * Detections: score threshold 0.01 (TF OD API: 0.0) and at most 100 per image (COCO's
       evaluation limit).
     * R-FCN takes its position-sensitive maps from the extractor's last map at the
