@@ -113,7 +113,7 @@ def _compose(preset: str, job: list[str]):
 
 
 def test_every_job_of_the_three_presets_is_the_papers_model(hydra_sweeps):
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     seen = 0
     for preset, count in PRESETS.items():
         jobs = _jobs(preset)
@@ -123,8 +123,8 @@ def test_every_job_of_the_three_presets_is_the_papers_model(hydra_sweeps):
             _check_config(cfg, dict(o.split("=", 1) for o in job))
             seen += 1
     assert seen == 228
-    # One initialize, in-process composition: about 0.1 s per job on the 2-core machine.
-    print(f"composed and checked {seen} jobs in {time.perf_counter() - t0:.1f} s")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(f"composed and checked {seen} jobs in {wall:.1f} s ({cpu:.1f} s of CPU)")
 
 
 def _check_config(cfg, job: dict[str, str]) -> None:
@@ -200,24 +200,27 @@ def test_the_cpu_sized_defaults_stay_the_defaults(hydra_sweeps):
 
 
 # -- a sample built at a small size ----------------------------------------------------------
-# Every meta-architecture and every extractor at least once, and each special case: conv4
-# alone, RefineDet's VGG-16, stride 1 on the crops, 17x17 crops, 3x3 bins, atrous, no OHEM.
-SAMPLE = [
-    ("paper", "ssd", "resnet101", []),
-    ("paper", "ssd", "efficientnet_b0", []),
-    ("paper", "dssd", "mobilenet_v1", []),
-    ("paper", "refinedet", "vgg16", []),
-    ("paper", "faster_rcnn", "resnet101", []),
-    ("paper", "faster_rcnn", "inception_v3", []),
-    ("paper", "rfcn", "mobilenet_v1", []),
-    ("paper", "rfcn", "inception_resnet_v2", []),
-    ("paper_atrous", "rfcn", "resnet101", ["extractor.output_stride=8"]),
+# Every meta-architecture, and each special case: conv4 alone, RefineDet's VGG-16, stride 1
+# on the crops, 17x17 crops, 3x3 bins, atrous. Building costs mostly the random
+# initialization of the weights; a first forward pass costs seconds of one-time kernel
+# set-up per model, so only the light models run ``predict`` (the others are checked on
+# their modules and, for Faster R-CNN, on the box classifier's stage). All 228 jobs' configs
+# are checked above; this keeps the module at about a minute on 2 idle cores.
+SAMPLE = [  # (preset, meta_arch, extractor, extra overrides, run predict)
+    ("paper", "ssd", "efficientnet_b0", [], True),
+    ("paper", "ssd", "resnet101", [], False),
+    ("paper", "dssd", "mobilenet_v1", [], True),
+    ("paper", "refinedet", "vgg16", [], False),
+    ("paper", "faster_rcnn", "resnet101", [], False),
+    ("paper", "faster_rcnn", "inception_resnet_v2", [], False),
+    ("paper", "rfcn", "mobilenet_v1", [], True),
+    ("paper_atrous", "rfcn", "resnet101", ["extractor.output_stride=8"], False),
 ]
 SIDE = 128  # small: the modules are the paper's, the input is not
 
 
-@pytest.mark.parametrize(("preset", "arch", "ext", "extra"), SAMPLE, ids=lambda v: str(v))
-def test_a_sample_builds_the_papers_modules(hydra_sweeps, preset, arch, ext, extra):
+@pytest.mark.parametrize(("preset", "arch", "ext", "extra", "run"), SAMPLE, ids=lambda v: str(v))
+def test_a_sample_builds_the_papers_modules(hydra_sweeps, preset, arch, ext, extra, run):
     job = [f"meta_arch={arch}", f"extractor={ext}", f"data.image_size={SIDE}", *extra]
     if arch in TWO_STAGE:
         job.append("meta_arch.num_proposals=4")  # the per-RoI stage is the same at any count
@@ -232,7 +235,7 @@ def test_a_sample_builds_the_papers_modules(hydra_sweeps, preset, arch, ext, ext
         assert [f.channels for f in model.neck.feature_info[len(maps) :]] == depths
         assert all(
             any(isinstance(m, torch.nn.BatchNorm2d) for m in layer.modules())
-            for layer in getattr(model.neck, "extras", getattr(model.neck, "blocks", []))
+            for layer in model.neck.extras
         )
         assert keys == {"output_stride": max(strides), "crop_size": None}
         if ext == "resnet101":
@@ -259,6 +262,8 @@ def test_a_sample_builds_the_papers_modules(hydra_sweeps, preset, arch, ext, ext
         assert keys == {"output_stride": stride, "crop_size": crop}
         assert model.box_head.classifier.bins == bins and model.box_head.ohem_rois == ohem
         assert model.rpn_info.stride == min(stride, 16)
+    if not run:
+        return
     with torch.inference_mode():
         out = model.predict(model.preprocess(torch.rand(1, 3, SIDE, SIDE)).tensor)
     if arch in TWO_STAGE:
