@@ -42,11 +42,11 @@ def ray_cli() -> Path | None:
 def pids_with_env(entry: str) -> list[int]:
     """PIDs of the live processes (not this one) whose environment contains ``entry``
     (``KEY=value``): a process inherits it from whoever started it, whatever its group."""
-    needle = entry.encode() + b"\0"
+    needle = b"\0" + entry.encode() + b"\0"  # a whole entry, not the end of another one
     pids = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if needle in environ.read_bytes() + b"\0":
+            if needle in b"\0" + environ.read_bytes() + b"\0":
                 pids.append(int(environ.parent.name))
         except (OSError, ValueError):
             continue  # exited, or not ours to read

@@ -7,8 +7,8 @@ different folder than the cluster's::
     detbench -m +sweep=smoke hydra/launcher=ray_cluster num_threads=1    # RAY_ADDRESS set
 
 three times into one sweep folder: (1) the whole sweep, two jobs at a time on the two CPUs;
-(2) again after deleting one job's result.json (a job lost with its node): only that job
-runs; (3) ``meta_arch=ssd train.optimizer.lr=-1,0.05``: one job fails on its worker. Then it
+(2) with ``meta_arch=ssd train.optimizer.lr=-1,0.05``: one job fails on its worker, the other
+ends ok; (3) that command again: the ok job is skipped, the failed one runs again. Then it
 stops the cluster (its own processes only) and the tests check what each run left behind.
 """
 
@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 META_ARCHS = ["ssd", "dssd", "refinedet", "faster_rcnn", "rfcn"]
 SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m}" for m in META_ARCHS}
-LOST_JOB = "extractor=mobilenet_v3_small,meta_arch=refinedet"
+FAILING = ["meta_arch=ssd", "train.optimizer.lr=-1,0.05"]  # SGD rejects a negative lr
 SWEEP_TIMEOUT = 1800  # s per command: the 2 cores are shared; an idle machine needs ~3 min
 
 
@@ -53,9 +53,10 @@ class RaySweep:
     full: Run
     full_results: dict[str, dict]  # job -> result.json after the full run
     after_full: dict[str, float]  # job -> result.json mtime
-    resumed: Run
-    after_resume: dict[str, float]
     failing: Run
+    after_failing: dict[str, float]
+    rerun: Run
+    after_rerun: dict[str, float]
     leftover: list[int]  # processes of the cluster still alive after its stop
     killed: list[int]  # processes that needed SIGKILL
 
@@ -105,16 +106,16 @@ def ray_sweep(tmp_path_factory) -> RaySweep:
             sweep = root / "results" / "smoke"  # results_root=results, relative to the driver
             full = _detbench(root, env)
             full_results, after_full = _results(sweep), _mtimes(sweep)
-            (sweep / LOST_JOB / "result.json").unlink(missing_ok=True)
-            resumed = _detbench(root, env)
-            after_resume = _mtimes(sweep)
-            failing = _detbench(root, env, "meta_arch=ssd", "train.optimizer.lr=-1,0.05")
+            failing = _detbench(root, env, *FAILING)
+            after_failing = _mtimes(sweep)
+            rerun = _detbench(root, env, *FAILING)
+            after_rerun = _mtimes(sweep)
         finally:
             killed = cluster.stop()
             leftover = cluster.processes()
         yield RaySweep(
             cluster, sweep, start_seconds, full, full_results, after_full,
-            resumed, after_resume, failing, leftover, killed,
+            failing, after_failing, rerun, after_rerun, leftover, killed,
         )  # fmt: skip
     finally:
         cluster.remove()
@@ -174,21 +175,9 @@ def test_measurements_never_overlap_across_workers(ray_sweep):
     # A job runs from its result.json's write time minus job_seconds to that write time.
     runs = sorted(
         (ray_sweep.after_full[job] / 1e9 - r["job_seconds"], ray_sweep.after_full[job] / 1e9)
-        for job, r in _results(ray_sweep.sweep).items()
-        if job in SMOKE_JOBS and job != LOST_JOB
+        for job, r in ray_sweep.full_results.items()
     )
     assert any(a[1] > b[0] for a, b in zip(runs, runs[1:], strict=False)), runs
-
-
-def test_rerun_resumes_only_the_lost_job(ray_sweep):
-    run = ray_sweep.resumed
-    print(f"resumed sweep: {run.seconds:.0f} s")
-    assert run.returncode == 0, run.output[-5000:]
-    assert set(ray_sweep.after_resume) == SMOKE_JOBS
-    for job in SMOKE_JOBS - {LOST_JOB}:
-        assert ray_sweep.after_resume[job] == ray_sweep.after_full[job], f"{job} ran again"
-    assert _results(ray_sweep.sweep)[LOST_JOB]["status"] == "ok"
-    assert "detbench: sweep smoke: 5 jobs: 5 ok" in run.output
 
 
 def test_failing_job_is_recorded_like_a_local_one(ray_sweep):
@@ -206,6 +195,20 @@ def test_failing_job_is_recorded_like_a_local_one(ray_sweep):
     assert len(table) == 7 and (table["status"] == "failed").sum() == 1
     assert (ray_sweep.sweep / "report.html").is_file()
     assert failed[0] in (ray_sweep.sweep / "report.html").read_text()
+
+
+def test_rerun_skips_ok_jobs_and_runs_failed_ones_again(ray_sweep):
+    run = ray_sweep.rerun
+    print(f"failing run: {ray_sweep.failing.seconds:.0f} s; re-run: {run.seconds:.0f} s")
+    assert run.returncode == 1, run.output[-5000:]  # the bad job failed again
+    before, after = ray_sweep.after_failing, ray_sweep.after_rerun
+    (ok,) = [j for j in after if "lr=0.05" in j]
+    (bad,) = [j for j in after if "lr=-1" in j]
+    assert after[ok] == before[ok], "the ok job ran again"
+    assert after[bad] != before[bad], "the failed job was not run again"
+    for job in SMOKE_JOBS:  # not part of this command, untouched
+        assert after[job] == ray_sweep.after_full[job]
+    assert "1 job(s) failed in this run" in run.output
 
 
 def test_only_the_started_cluster_was_stopped(ray_sweep):

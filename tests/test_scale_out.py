@@ -143,7 +143,6 @@ LAUNCHERS = sorted(
 )
 
 
-@pytest.mark.cluster  # runs again in .ci/run's cluster step, after `.[cluster]` is installed
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_presets_compose(name):
     plugin = "hydra_ray_launcher" if name.startswith("ray") else "hydra_submitit_launcher"
