@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark import launch  # noqa: F401 (registers the resolvers the launchers need)
 from benchmark.job import run_job
 
 log = logging.getLogger("detbench")

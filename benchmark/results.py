@@ -55,12 +55,19 @@ def read_result(job_dir: str | Path) -> dict | None:
 
 @cache
 def git_sha() -> str | None:
-    """The commit of the detbench checkout this code runs from, when it is one."""
+    """The commit of the detbench checkout this code runs from, when it is one.
+
+    Code shipped to a Ray worker (``sweeps/hydra/launcher/ray_cluster.yaml``) is a copy
+    without ``.git``: there ``DETBENCH_GIT_SHA``, set by the preset to the submitting
+    checkout's commit, names the commit the copy came from.
+    """
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return os.environ.get("DETBENCH_GIT_SHA") or None

@@ -160,3 +160,20 @@ def tiny_synthetic(tmp_path) -> dict:
         "gen_size": 96,
         "seed": 0,
     }
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cluster`` start a Ray or SLURM cluster and run sweeps on it (minutes
+    each): the plain ``pytest`` skips them, with this reason, to stay fast; they run when
+    selected (``-m cluster``, as .ci/run does after installing them) or named on the
+    command line (``pytest tests/test_cluster_ray.py``)."""
+    if "cluster" in (config.option.markexpr or ""):
+        return
+    named = {Path(arg.split("::")[0]).resolve() for arg in config.args}
+    skip = pytest.mark.skip(
+        reason="starts a local Ray/SLURM cluster: run `pytest -m cluster` "
+        "(after pip install -e '.[cluster]'; SLURM: root + apt-get install slurm-wlm munge)"
+    )
+    for item in items:
+        if "cluster" in item.keywords and Path(item.path).resolve() not in named:
+            item.add_marker(skip)

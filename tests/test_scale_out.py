@@ -5,7 +5,9 @@
 * ``detbench -m hydra/launcher=submitit_local ...``: a two-job sweep through Hydra's submitit
   launcher (jobs run concurrently as local processes) to completed results, aggregated by
   ``detbench-report``; the two jobs' measurement phases do not overlap (timing lock).
-* The launcher presets under sweeps/hydra/launcher/ compose.
+* The launcher presets under sweeps/hydra/launcher/ compose (tests/test_cluster_*.py run
+  them on real Ray and SLURM clusters), and job folders are absolute for jobs started in
+  another working directory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
+
+import benchmark
+import benchmark.app  # noqa: F401 (registers the config resolvers, as `detbench` does)
+import models
+import sweeps
+from benchmark.results import git_sha
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +153,34 @@ def test_launcher_presets_compose(name):
         )
     launcher = cfg.hydra.launcher
     if plugin == "hydra_ray_launcher":
-        assert launcher._target_.endswith("RayLauncher") and launcher.ray.remote.num_gpus == 1
+        assert launcher._target_.endswith("RayLauncher")
+        init, remote = launcher.ray.init, launcher.ray.remote
+        # An existing cluster (RAY_ADDRESS wins over auto), whose object store Ray refuses to
+        # resize: the key must be there and null, or hydra-ray-launcher sets 75 MB.
+        assert init.address == "auto" and "object_store_memory" in init
+        assert init.object_store_memory is None
+        # The workers get the code this process imports, whatever their node has installed.
+        shipped = [Path(p) for p in init.runtime_env.py_modules]
+        assert shipped == [Path(m.__file__).resolve().parent for m in (benchmark, models, sweeps)]
+        assert init.runtime_env.env_vars["DETBENCH_GIT_SHA"] == (git_sha() or "")
+        assert remote.max_calls == 1 and remote.get("num_gpus", 0) == int(name == "ray_1gpu")
         return
     assert launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 1
     assert launcher.gpus_per_node == (8 if name == "slurm_multi_gpu" else 1)
+
+
+def test_job_folders_are_absolute_for_jobs_started_elsewhere(tmp_path, monkeypatch):
+    """A relative results_root names the folder under the one detbench was started in, for
+    jobs whose working directory differs (a Ray worker starts where its node's `ray start`
+    ran): Hydra ships the run and sweep folders to the jobs resolved against
+    ``hydra.runtime.cwd``, the submitting command's folder."""
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_module("sweeps", version_base="1.3"):
+        relative = compose("config", ["meta_arch=rfcn"], return_hydra_config=True)
+        absolute = compose(
+            "config", ["results_root=/data/r", "sweep_name=s"], return_hydra_config=True
+        )
+    monkeypatch.chdir("/")  # a job's working directory: it must not matter
+    assert relative.hydra.sweep.dir == str(tmp_path / "results" / "default")
+    assert relative.hydra.run.dir == str(tmp_path / "results" / "runs" / "meta_arch=rfcn")
+    assert absolute.hydra.sweep.dir == "/data/r/s"
