@@ -27,6 +27,7 @@ from benchmark.build import build_detector
 from benchmark.data import build_loader
 from benchmark.device import Device
 from benchmark.distributed import Ranks, run_ranks
+from benchmark.identity import fingerprint, identity_config
 from benchmark.recipe import TrainingRecipe, frozen_batchnorm
 from benchmark.train import CHECKPOINT_FILE, TrainResult, load_checkpoint, train
 
@@ -47,8 +48,10 @@ def fit(
     """Train ``model`` per ``cfg.train`` (scaled learning rate and warm-up, BN mode).
 
     Returns:
-        The training record (losses averaged over ranks) and the recipe that ran; ``model``
-        holds the trained weights, on ``device``, with plain BatchNorm layers.
+        The training record (losses averaged over ranks; the whole training when resumed)
+        and the recipe that ran; ``model`` holds the trained weights, on ``device``, with
+        plain BatchNorm layers. Checkpoints carry the job's configuration fingerprint
+        (``benchmark.identity``), computed here from ``cfg``.
 
     Raises:
         ValueError: a recipe the device cannot run (see :meth:`TrainingRecipe.check`).
@@ -56,6 +59,8 @@ def fit(
     recipe = TrainingRecipe.from_cfg(cfg.train)
     recipe.check(device)
     tcfg = recipe.train_cfg(cfg.train)
+    ident = identity_config(cfg)
+    identity = (fingerprint(ident), ident)
     if recipe.world_size == 1:
         loader = build_loader(
             train_set,
@@ -67,7 +72,7 @@ def fit(
             pin_memory=device.pin_memory,
         )
         with frozen_batchnorm(model, recipe.bn_effective == "frozen"):
-            tr = train(model, loader, tcfg, device, out_dir, progress=progress)
+            tr = train(model, loader, tcfg, device, out_dir, progress=progress, identity=identity)
         return tr, recipe
 
     log.info(
@@ -92,6 +97,7 @@ def fit(
             str(out_dir),
             progress,
             str(summary),
+            identity,
             num_threads=cfg.get("num_threads"),
         )
         tr = TrainResult(**json.loads(summary.read_text()))
@@ -111,6 +117,7 @@ def _train_rank(
     out_dir: str,
     progress: bool,
     summary_path: str,
+    identity: tuple[str, dict],
 ) -> None:
     """One rank: build, wrap in DDP, train on this rank's shard; rank 0 writes the summary."""
     if ranks.is_main:  # spawned processes have no logging set up; rank 0 speaks for all
@@ -146,6 +153,15 @@ def _train_rank(
             drop_last=len(sampler) > recipe.batch_size,
             pin_memory=ranks.device.pin_memory,
         )
-        tr = train(ddp, loader, tcfg, ranks.device, Path(out_dir), progress=progress, ranks=ranks)
+        tr = train(
+            ddp,
+            loader,
+            tcfg,
+            ranks.device,
+            Path(out_dir),
+            progress=progress,
+            ranks=ranks,
+            identity=identity,
+        )
     if ranks.is_main:
         Path(summary_path).write_text(json.dumps(dataclasses.asdict(tr)))

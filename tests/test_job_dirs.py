@@ -1,6 +1,6 @@
 """Job folder names derived from overrides."""
 
-from benchmark.app import MAX_DIR_NAME, job_dir_name
+from benchmark.resolvers import MAX_DIR_NAME, job_dir_name
 
 
 def test_plain_overrides_stay_readable():
