@@ -181,18 +181,29 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 )
 
 
-def _leaves(cfg: DictConfig) -> Iterator[tuple[str, Any]]:
-    """``(dotted key, resolved value)`` of every leaf outside Hydra's node (lists are leaves)."""
-    container = resolved_config(cfg)
+_ALIAS = re.compile(r"\$\{[\w.]+\}")  # ${data.image_size}: another key's value
 
-    def walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+
+def _leaves(cfg: DictConfig) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, resolved value)`` of every leaf outside Hydra's node (lists are leaves).
+
+    A key that only repeats another (``bench.num_threads: ${num_threads}``) is left out: its
+    source is checked under its own name, and one bad value gives one message.
+    """
+    raw = {
+        k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in cfg
+    }
+
+    def walk(node: Any, raw_node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         if isinstance(node, dict):
             for k, v in node.items():
-                yield from walk(v, f"{prefix}{k}.")
-        else:
+                yield from walk(
+                    v, raw_node.get(k) if isinstance(raw_node, dict) else None, f"{prefix}{k}."
+                )
+        elif not (isinstance(raw_node, str) and _ALIAS.fullmatch(raw_node)):
             yield prefix[:-1], node
 
-    yield from walk(container, "")
+    yield from walk(resolved_config(cfg), raw, "")
 
 
 def settings_problems(cfg: DictConfig, checks=CHECKS) -> list[str]:

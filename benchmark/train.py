@@ -99,17 +99,16 @@ class Totals:
         )
 
     def plus(self, start: int, end: int, seconds: float, images: int, history: list) -> Totals:
-        """These totals followed by a segment from iteration ``start`` to ``end``."""
-        segments = [*self.segments]
-        if end > start:
-            segments.append(
-                {"start_iter": start, "end_iter": end, "seconds": seconds, "images": images}
-            )
+        """These totals followed by a segment from iteration ``start`` to ``end`` (nothing is
+        added when it trained no step: resuming a finished training costs no training time)."""
+        if end <= start:
+            return Totals(self.seconds, self.images, [*self.history], [*self.segments])
+        segment = {"start_iter": start, "end_iter": end, "seconds": seconds, "images": images}
         return Totals(
             seconds=None if self.seconds is None else self.seconds + seconds,
             images=self.images + images,
             history=[*self.history, *history],
-            segments=segments,
+            segments=[*self.segments, segment],
         )
 
     def state(self) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,11 @@ TINY = [
 
 def tiny_cfg(data_root: Path, *overrides: str) -> DictConfig:
     """The tiny job's config (``overrides`` last), data generated under ``data_root``."""
+    overrides = [*TINY, f"data.root={data_root}", *overrides]
+    if GlobalHydra.instance().is_initialized():  # inside a test module's initialize
+        return compose("config", overrides=overrides)
     with initialize_config_module("sweeps", version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"data.root={data_root}", *overrides])
+        return compose("config", overrides=overrides)
 
 
 class NaNAtStep(torch.optim.SGD):
