@@ -30,26 +30,13 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from benchmark.evaluate import DETECTIONS_FILE
 from benchmark.identity import config_diff, describe, identity_config, result_fingerprint
-from benchmark.measure import SAMPLES_FILE
 from benchmark.results import write_json_atomic
-from benchmark.train import CHECKPOINT_FILE
 
 log = logging.getLogger("detbench")
 LOCK_FILE = ".detbench.lock"
 OWNER_FILE = ".detbench.lock.owner"
 REFUSED_FILE = "refused.json"
-# Outputs of an earlier run that a new run of the folder rewrites; removed when it starts, so a
-# run that fails early never leaves them beside its own result (traceback of an old failure,
-# detections of another configuration).
-STALE_OUTPUTS = (
-    "traceback.txt",
-    DETECTIONS_FILE,
-    "coco_eval.txt",
-    SAMPLES_FILE,
-    REFUSED_FILE,
-)
 
 
 @contextlib.contextmanager
@@ -165,6 +152,14 @@ def record_refusal(folder: Path, message: str, identity: dict[str, Any], fp: str
 
 
 def clear_stale_outputs(folder: Path, *, checkpoint: bool) -> None:
-    """Remove :data:`STALE_OUTPUTS` (and ``checkpoint.pt`` when ``checkpoint``)."""
-    for name in (*STALE_OUTPUTS, *((CHECKPOINT_FILE,) if checkpoint else ())):
+    """Remove the outputs of an earlier run that a new run of the folder rewrites, so a run
+    that fails early never leaves them beside its own result (the traceback of an old failure,
+    the detections of another configuration); ``checkpoint.pt`` too when ``checkpoint``."""
+    # Imported here: this module stays light for processes that only take the lock.
+    from benchmark.evaluate import DETECTIONS_FILE
+    from benchmark.measure import SAMPLES_FILE
+    from benchmark.train import CHECKPOINT_FILE
+
+    stale = ["traceback.txt", DETECTIONS_FILE, "coco_eval.txt", SAMPLES_FILE, REFUSED_FILE]
+    for name in (*stale, *([CHECKPOINT_FILE] if checkpoint else [])):
         (folder / name).unlink(missing_ok=True)
