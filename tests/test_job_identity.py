@@ -346,6 +346,7 @@ def test_weights_turned_nan_by_the_last_step_fail_the_job(tmp_path, data_root):
         "TrainingDiverged: weights became NaN or infinite at the end of training (iteration 2)"
     )
     assert not (tmp_path / "job" / CHECKPOINT_FILE).exists()  # no NaN checkpoint to resume
+    assert "TrainingDiverged" in (tmp_path / "job" / "traceback.txt").read_text()
 
 
 def test_a_nan_checkpoint_is_never_written_nor_loaded(tmp_path):
