@@ -58,6 +58,10 @@ def run(cfg: DictConfig) -> dict:
         on_start=lambda: save_hydra_files(out_dir, cfg),
     )
     status = result.get("status")
+    if status == REFUSED:  # logged in full by run_job; the folder holds another result
+        if hc.mode == RunMode.RUN:
+            sys.exit(1)
+        return result
     summary = ", ".join(
         f"{k}={result[k]:.3f}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}"
         for k in ("map", "map_50", "train_seconds")
@@ -70,9 +74,9 @@ def run(cfg: DictConfig) -> dict:
         summary,
         out_dir,
     )
-    if status not in ("ok", REFUSED):  # a refusal was logged in full by run_job
+    if status != "ok":
         log.error("%s: %s", status, result.get("error"))
-    if hc.mode == RunMode.RUN and status in ("failed", REFUSED):
+    if hc.mode == RunMode.RUN and status == "failed":
         sys.exit(1)
     return result
 
