@@ -216,7 +216,6 @@ def build_pair(
     """Build ``(ours, torchvision's, image_size)`` for a pair of :data:`PAIRS` (random weights)."""
     from hydra import compose, initialize_config_module
 
-    import benchmark.app  # noqa: F401  (registers the config's resolvers)
     from benchmark.build import build_detector
 
     spec = PAIRS[name]
