@@ -22,7 +22,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import launch  # noqa: F401 (registers the resolvers the launchers need)
 from benchmark.job import REFUSED, run_job
 from benchmark.results import write_text_atomic
 

@@ -9,11 +9,23 @@ drawn as a filled rectangle of a per-class colour, so a model can even fit them.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    """Kill multiprocessing children a test left running (a hung one would hold the output
+    pipe of CI open long after pytest ended, and take a core from the tests after it)."""
+    yield
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
+
 
 _COLOURS = [(230, 40, 40), (40, 90, 230), (40, 180, 60)]
 

@@ -27,7 +27,7 @@ def test_long_names_are_shortened_stably_and_uniquely():
     assert na == job_dir_name(a) and na != nb
 
 
-def test_composing_resolves_job_folders_without_the_app():
+def test_composing_resolves_job_folders_without_the_app(tmp_path):
     """Tools and tests compose the config without importing the Hydra app for its side effect:
     importing the config package registers the resolver (a fresh interpreter, nothing else)."""
     code = (
@@ -44,8 +44,10 @@ def test_composing_resolves_job_folders_without_the_app():
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     run_dir, subdir, app_imported = out.stdout.split()
-    assert run_dir == "results/runs/data.root=_d_x,num_threads=2"
+    # results_root is relative: made absolute against the folder the command started in
+    assert run_dir == f"{tmp_path}/results/runs/data.root=_d_x,num_threads=2"
     assert subdir == "data.root=_d_x,num_threads=2" and app_imported == "False"

@@ -87,7 +87,8 @@ def _save_many(path: str, n: int, start: multiprocessing.Event) -> None:
 def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
     """Two processes saving one checkpoint path (each its own temporary file, then rename):
     neither fails and the file left is a whole checkpoint."""
-    ctx = multiprocessing.get_context("fork")  # no re-import of torch per process
+    # spawn, not fork: a child forked after torch started its thread pool can deadlock
+    ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     path = tmp_path / "checkpoint.pt"
     procs = [ctx.Process(target=_save_many, args=(str(path), 15, start)) for _ in range(2)]
@@ -96,6 +97,10 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
     start.set()
     for p in procs:
         p.join(timeout=300)
+    for p in procs:  # a hung child must not outlive the test (it would hold CI's output open)
+        if p.is_alive():
+            p.kill()
+            p.join()
     assert [p.exitcode for p in procs] == [0, 0]
     assert load_checkpoint(path)["iter"] == 14
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left

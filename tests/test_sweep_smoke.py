@@ -220,7 +220,8 @@ def test_results_table_and_report_files(smoke):
 
 def test_every_result_key_is_documented(smoke):
     readme = (REPO / "results" / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([a-z0-9_]+)`", readme, re.M))
+    first_cells = re.findall(r"^\|([^|]*)\|", readme, re.M)  # a row may name several keys
+    documented = {k for cell in first_cells for k in re.findall(r"`([a-z0-9_]+)`", cell)}
     keys = set()
     for result in _results(smoke.sweep).values():
         keys |= set(result)
