@@ -148,6 +148,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         image_size=int(cfg.data.image_size),
         max_size=cfg.data.get("max_size"),
         augment=bool(cfg.data.get("augment", False)),
+        progress=progress,
     )
     model = build_detector(cfg, num_classes=len(data.class_names))
     model.to(device.torch_device)
@@ -156,6 +157,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         "num_classes": len(data.class_names),
         "class_names": data.class_names,
         "data_stats": data.stats,
+        "data_warnings": data.warnings,
         "params": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_anchors": _num_anchors(model, size),
