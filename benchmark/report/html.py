@@ -2,8 +2,8 @@
 
 It can be mailed or attached to a CI run and opened anywhere, offline: no scripts, no
 external files. Sections: status counts, the critical points, the figures, the frontiers,
-every configuration, failed and skipped jobs with their errors, the device and software, and
-the timing protocol the numbers follow.
+every configuration, failed and skipped jobs with their errors, the jobs' data warnings, the
+device and software, and the timing protocol the numbers follow.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.report.style import device_title
+from benchmark.results import read_result
 
 CAPTIONS = {
     "pareto_latency.png": "Accuracy vs time (Huang et al. Figure 2): marker = meta-architecture, "
@@ -142,6 +143,19 @@ def _problems(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _data_warnings(df: pd.DataFrame) -> str:
+    """Each job's ``data_warnings`` (a list in result.json, so not a table column): problems
+    with the data that leave the job ok but change what its numbers mean."""
+    rows = []
+    for _, row in df.iterrows():
+        result = read_result(str(row.get("job_dir", ""))) or {}
+        for warning in result.get("data_warnings") or []:
+            rows.append({"job": row["job"], "warning": str(warning)})
+    if not rows:
+        return "<p>No job recorded a data warning.</p>"
+    return _table(pd.DataFrame(rows))
+
+
 def _plain(value) -> str:
     """``300`` rather than ``300.0`` (pandas makes integer columns with gaps float)."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
@@ -211,6 +225,8 @@ Device: {device}.</p>
 {_table(df[df["status"] == "ok"] if not df.empty else df, TABLE_COLUMNS)}
 <h2>Failed and skipped jobs</h2>
 {_problems(df) if not df.empty else "<p><em>no jobs</em></p>"}
+<h2>Data warnings</h2>
+{_data_warnings(df) if not df.empty else "<p><em>no jobs</em></p>"}
 <h2>Device and software</h2>
 {_table(_unique_values(df, ENVIRONMENT_COLUMNS)) if not df.empty else ""}
 <h2>Timing protocol</h2>
