@@ -121,8 +121,11 @@ def _tv_faster_rcnn_c4(ours: nn.Module, num_classes: int, size: int) -> nn.Modul
         num_classes=None,
         min_size=size,
         max_size=size,
+        # torchvision's aspect ratio is h / w, ours w / h: the same anchors in the same order
+        # (up to torchvision's rounding to whole pixels) need the reciprocals.
         rpn_anchor_generator=AnchorGenerator(
-            sizes=(tuple(ours.anchor_sizes),), aspect_ratios=(ours.anchor_aspect_ratios,)
+            sizes=(tuple(ours.anchor_sizes),),
+            aspect_ratios=(tuple(1.0 / r for r in ours.anchor_aspect_ratios),),
         ),
         rpn_pre_nms_top_n_train=ours.rpn_pre_nms_topk,
         rpn_pre_nms_top_n_test=ours.rpn_pre_nms_topk,

@@ -253,6 +253,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         image_size=spec.image_size,
         max_size=spec.max_size,
         augment=bool(cfg.data.get("augment", False)),
+        progress=progress,
     )
     # Shorter-side resizing keeps the aspect ratio: the shape a typical validation image
     # gets, not M x M, is what anchors are counted and memory is probed at.
@@ -264,6 +265,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         "num_classes": len(data.class_names),
         "class_names": data.class_names,
         "data_stats": data.stats,
+        "data_warnings": data.warnings,
         "params": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_anchors": _num_anchors(model, spec.shape),

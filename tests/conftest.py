@@ -1,9 +1,12 @@
 """Shared fixtures: tiny on-disk datasets in every supported layout.
 
-Each fixture writes a dataset into ``tmp_path`` and returns a ``data`` config dict that
-``benchmark.data.build_data`` accepts directly (wrap it with ``OmegaConf.create`` and
+Each dataset fixture writes a dataset into ``tmp_path`` and returns a ``data`` config dict
+that ``benchmark.data.build_data`` accepts directly (wrap it with ``OmegaConf.create`` and
 merge it into a full config for end-to-end tests). Images are 64 px, with each object
 drawn as a filled rectangle of a per-class colour, so a model can even fit them.
+
+``fake_report``: the fake paper-like sweep of ``report_fakes.py`` with its report written
+once per session, shared (read-only) by the report tests.
 """
 
 from __future__ import annotations
@@ -189,3 +192,14 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "cluster" in item.keywords and Path(item.path).resolve() not in named:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fake_report(tmp_path_factory):
+    """``write_report``'s summary of the fake sweep (``.folder`` holds the sweep and its
+    report files). Shared by every report test: read it, never write into it."""
+    from report_fakes import make_fake_sweep
+
+    from benchmark.report import write_report
+
+    return write_report(make_fake_sweep(tmp_path_factory.mktemp("sweeps") / "paper"))

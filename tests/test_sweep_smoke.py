@@ -164,8 +164,12 @@ def test_resumed_sweep_completes_without_redoing_finished_jobs(smoke):
     for job, mtime in smoke.finished_first.items():
         assert smoke.after_resume[job] == mtime, f"{job} was run again"
     assert smoke.resumed.output.count("already has an ok result") == len(smoke.finished_first)
+    # mobilenet_v3_small works under every meta-architecture: each of the five must train,
+    # evaluate and measure (a skipped or failed two-stage job is a broken config, not a pass).
     statuses = {job: r["status"] for job, r in _results(smoke.sweep).items() if job in SMOKE_JOBS}
-    assert set(statuses.values()) <= {"ok", "skipped"}, statuses
+    assert statuses == dict.fromkeys(SMOKE_JOBS, "ok"), {
+        job: r["error"] for job, r in _results(smoke.sweep).items() if r["status"] != "ok"
+    }
 
 
 def test_rerun_skips_every_finished_job(smoke):
@@ -205,9 +209,7 @@ def test_results_table_and_report_files(smoke):
     assert len(table) == len(SMOKE_JOBS) + 2  # + the failing run's two jobs
     assert set(table["job"]) >= SMOKE_JOBS
     ok = table[table["status"] == "ok"]
-    assert set(ok["meta_arch"]) | set(table.loc[table["status"] == "skipped", "meta_arch"]) >= set(
-        META_ARCHS
-    )
+    assert set(ok.loc[ok["job"].isin(SMOKE_JOBS), "meta_arch"]) == set(META_ARCHS)
     for column in ("map", "map_50", "latency_ms", "gmacs", "peak_mem_mb", "params"):
         assert ok[column].notna().all(), column
     assert (ok["latency_ms"] > 0).all() and (ok["gmacs"] > 0).all()
@@ -244,10 +246,9 @@ def test_report_cli_console_script(smoke, tmp_path):
 
 
 def test_notebook_runs_on_the_smoke_sweep(smoke, monkeypatch):
-    nbformat = pytest.importorskip(
-        "nbformat", reason="pip install -e '.[dev]' for the notebook test"
-    )
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient  # dev extras (pyproject.toml): a missing one is a failure, not a skip
+    import nbformat
+
     notebook = nbformat.read(REPO / "notebooks" / "tradeoffs.ipynb", as_version=4)
     monkeypatch.setenv("DETBENCH_SWEEP", str(smoke.sweep))  # the kernel inherits it
     nbclient.NotebookClient(
