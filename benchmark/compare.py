@@ -122,8 +122,11 @@ def _tv_faster_rcnn_c4(ours: nn.Module, num_classes: int, size: int) -> nn.Modul
         num_classes=None,
         min_size=size,
         max_size=size,
+        # torchvision's aspect ratio is h / w, ours w / h: the same anchors in the same order
+        # (up to torchvision's rounding to whole pixels) need the reciprocals.
         rpn_anchor_generator=AnchorGenerator(
-            sizes=(tuple(rpn.anchor_sizes),), aspect_ratios=(rpn.aspect_ratios,)
+            sizes=(tuple(rpn.anchor_sizes),),
+            aspect_ratios=(tuple(1.0 / r for r in rpn.aspect_ratios),),
         ),
         rpn_pre_nms_top_n_train=rpn.pre_nms_topk,
         rpn_pre_nms_top_n_test=rpn.pre_nms_topk,
@@ -217,7 +220,6 @@ def build_pair(
     """Build ``(ours, torchvision's, image_size)`` for a pair of :data:`PAIRS` (random weights)."""
     from hydra import compose, initialize_config_module
 
-    import benchmark.app  # noqa: F401  (registers the config's resolvers)
     from benchmark.build import build_detector
 
     spec = PAIRS[name]

@@ -10,7 +10,6 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
 
-import benchmark.app  # noqa: F401  (registers the detbench_job_dir resolver)
 from benchmark.measure.flops import count_predict
 from models.errors import IncompatibleConfigError
 from models.extractors.base import FeatureExtractor, FeatureInfo, LastStage
