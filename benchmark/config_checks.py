@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.identity import resolved_config
+from benchmark.train import SCHEDULES
 
 
 class SettingsError(ValueError):
@@ -140,7 +141,9 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("train.optimizer.momentum", fraction()),
     ("train.optimizer.alpha", fraction()),
     ("train.optimizer.eps", number(0.0, lo_open=True)),
-    ("train.schedule", one_of("constant", "cosine", "step")),
+    ("train.schedule", one_of(*SCHEDULES)),
+    ("train.decay_steps", optional(integer(1))),
+    ("train.decay_rate", optional(number(0.0, 1.0, lo_open=True))),
     ("train.warmup_iters", integer(0)),
     ("train.warmup_factor", fraction()),
     ("train.grad_clip", optional(number(0.0))),

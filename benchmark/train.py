@@ -128,6 +128,9 @@ class Totals:
         }
 
 
+SCHEDULES = ("constant", "cosine", "step", "exponential")  # train.schedule (lr_factor)
+
+
 def lr_factor(
     it: int,
     *,
@@ -183,7 +186,7 @@ def lr_factor(
         if not decay_steps or decay_steps < 1:
             raise ValueError("schedule=exponential needs train.decay_steps >= 1")
         return decay_rate ** (it // int(decay_steps))
-    raise ValueError(f"unknown schedule {schedule!r}: use constant, cosine, step or exponential")
+    raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def schedule_factor(cfg) -> Callable[[int], float]:

@@ -48,7 +48,7 @@ BAD = [
     (["train.warmup_factor=2"], "train.warmup_factor must be <= 1, got 2"),
     (
         ["train.schedule=linear"],
-        "train.schedule must be one of constant, cosine, step, got 'linear'",
+        "train.schedule must be one of constant, cosine, step, exponential, got 'linear'",
     ),
     (
         ["meta_arch=faster_rcnn", "meta_arch.num_proposals=0"],
