@@ -1,56 +1,72 @@
 """The Hydra entry point: ``detbench`` (also ``python -m benchmark``).
 
-``run`` is the Hydra task (one job). ``main`` wraps it for the console script: after a
-multirun, whose jobs never raise, it exits non-zero when jobs failed, once every job has run
-and the report is written (``benchmark.report.callback.SweepReport`` counts them).
+``run`` is the Hydra task (one job); it returns the job's result dict (a sweeper can read its
+objectives from it). ``main`` wraps it for the console script: after a multirun, whose jobs
+never raise, it exits non-zero when jobs failed or were refused, once every job has run and
+the report is written (``benchmark.report.callback.SweepReport`` counts them).
+
+Hydra's own ``.hydra/`` files (config, hydra config, overrides) are written by the job, not by
+Hydra (``hydra.output_subdir: null`` in ``sweeps/config.yaml``), and only once the job is
+going to run in its folder: a job refused because its folder holds another configuration's
+result leaves that folder's ``.hydra/`` describing the result it holds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.job import run_job
+from benchmark.job import REFUSED, run_job
+from benchmark.results import write_text_atomic
 from benchmark.schema.format import job_line
 
 log = logging.getLogger("detbench")
-MAX_DIR_NAME = 200  # bytes; most file systems allow 255
+HYDRA_SUBDIR = ".hydra"
 
 
-def job_dir_name(override_dirname: str) -> str:
-    """A folder name from the job's overrides: stable across re-runs, no timestamps.
+def save_hydra_files(out_dir: str | Path, cfg: DictConfig) -> None:
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra would.
 
-    ``meta_arch=ssd,extractor=resnet18`` stays readable; path separators are replaced so an
-    override like ``data.root=/a/b`` does not create nested folders. Names longer than
-    file systems allow (255 bytes) keep their first 180 characters plus a digest of the whole,
-    so they stay unique and stable.
+    Args:
+        out_dir: the job folder.
+        cfg: the task config (Hydra's node removed), as the task received it.
     """
-    name = re.sub(r"[/\\]+", "_", override_dirname).strip("_")
-    if len(name.encode()) > MAX_DIR_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-        name = f"{name.encode()[:180].decode(errors='ignore')}...{digest}"
-    return name or "default"
-
-
-OmegaConf.register_new_resolver("detbench_job_dir", job_dir_name, replace=True)
+    folder = Path(out_dir) / HYDRA_SUBDIR
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...} of this job
+    files = {
+        "config.yaml": cfg,
+        "hydra.yaml": hydra_cfg,
+        "overrides.yaml": hydra_cfg.hydra.overrides.task,
+    }
+    for name, node in files.items():
+        write_text_atomic(folder / name, OmegaConf.to_yaml(node))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://sweeps", config_name="config")
 def run(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
-    result = run_job(cfg, hc.runtime.output_dir, progress=bool(cfg.get("progress", True)))
+    out_dir = hc.runtime.output_dir
+    result = run_job(
+        cfg,
+        out_dir,
+        progress=bool(cfg.get("progress", True)),
+        on_start=lambda: save_hydra_files(out_dir, cfg),
+    )
     status = result.get("status")
+    if status == REFUSED:  # logged in full by run_job; the folder holds another result
+        if hc.mode == RunMode.RUN:
+            sys.exit(1)
+        return result
     # The job's last line: accuracy, latency, GMACs, memory (as the schema formats them), or
     # the reason it failed or was skipped, and where its result.json is.
     level = {"ok": logging.INFO, "skipped": logging.WARNING}.get(status, logging.ERROR)
-    log.log(level, "%s", job_line(result, hc.runtime.output_dir))
+    log.log(level, "%s", job_line(result, out_dir))
     if hc.mode == RunMode.RUN and status == "failed":
         sys.exit(1)
     return result
@@ -60,8 +76,8 @@ def main() -> None:
     """Console entry point: Hydra (single run or ``-m`` multirun), then the exit status.
 
     Exit status: 0 when every job of the run ended ok or skipped; 1 when a single run failed
-    (raised inside ``run``), when jobs of a multirun failed, or when its report could not
-    be written.
+    or was refused (raised inside ``run``), when jobs of a multirun failed or were refused, or
+    when its report could not be written.
     """
     from benchmark.report.callback import SweepReport
 

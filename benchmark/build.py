@@ -1,8 +1,11 @@
-"""Build a detector from the Hydra config: one function, ``instantiate`` and ``_target_``."""
+"""Build a detector from the Hydra config: one function, ``instantiate`` and ``_target_``;
+and the architecture facts of a built detector that result.json records."""
 
 from __future__ import annotations
 
 from hydra.utils import get_class
+from typing import Any
+
 from omegaconf import DictConfig
 
 from benchmark.spec import ModelRecipe
@@ -45,3 +48,6 @@ def _neck_choice(cfg: DictConfig) -> str | None:
         return HydraConfig.get().runtime.choices.get("neck")
     except ValueError:  # not under Hydra (plain compose in tests)
         return None
+
+
+from typing import Any

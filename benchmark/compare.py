@@ -112,7 +112,8 @@ def _tv_faster_rcnn_c4(ours: nn.Module, num_classes: int, size: int) -> nn.Modul
     r = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     trunk = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3)
     trunk.out_channels = 1024
-    head = ours.box_head
+    rpn, roi = ours.rpn, ours.box_head
+    head = roi.classifier
     box_head = nn.Sequential(
         nn.MaxPool2d(head.pool_kernel), r.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten()
     )
@@ -121,37 +122,40 @@ def _tv_faster_rcnn_c4(ours: nn.Module, num_classes: int, size: int) -> nn.Modul
         num_classes=None,
         min_size=size,
         max_size=size,
+        # torchvision's aspect ratio is h / w, ours w / h: the same anchors in the same order
+        # (up to torchvision's rounding to whole pixels) need the reciprocals.
         rpn_anchor_generator=AnchorGenerator(
-            sizes=(tuple(ours.anchor_sizes),), aspect_ratios=(ours.anchor_aspect_ratios,)
+            sizes=(tuple(rpn.anchor_sizes),),
+            aspect_ratios=(tuple(1.0 / r for r in rpn.aspect_ratios),),
         ),
-        rpn_pre_nms_top_n_train=ours.rpn_pre_nms_topk,
-        rpn_pre_nms_top_n_test=ours.rpn_pre_nms_topk,
+        rpn_pre_nms_top_n_train=rpn.pre_nms_topk,
+        rpn_pre_nms_top_n_test=rpn.pre_nms_topk,
         rpn_post_nms_top_n_train=ours.num_proposals_train,
         rpn_post_nms_top_n_test=ours.num_proposals,
-        rpn_nms_thresh=ours.rpn_nms_threshold,
-        rpn_fg_iou_thresh=ours.rpn_pos_threshold,
-        rpn_bg_iou_thresh=ours.rpn_neg_threshold,
-        rpn_batch_size_per_image=ours.rpn_batch_size,
-        rpn_positive_fraction=ours.rpn_positive_fraction,
+        rpn_nms_thresh=rpn.nms_threshold,
+        rpn_fg_iou_thresh=rpn.pos_threshold,
+        rpn_bg_iou_thresh=rpn.neg_threshold,
+        rpn_batch_size_per_image=rpn.batch_size,
+        rpn_positive_fraction=rpn.positive_fraction,
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=head.crop_size, sampling_ratio=1),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(2048, num_classes + 1),
         box_score_thresh=ours.score_threshold,
         box_nms_thresh=ours.nms_threshold,
         box_detections_per_img=ours.max_detections,
-        box_fg_iou_thresh=ours.box_fg_threshold,
-        box_bg_iou_thresh=ours.box_fg_threshold,
-        box_batch_size_per_image=ours.box_batch_size,
-        box_positive_fraction=ours.box_positive_fraction,
-        bbox_reg_weights=tuple(ours.box_coder.weights),
+        box_fg_iou_thresh=roi.fg_threshold,
+        box_bg_iou_thresh=roi.fg_threshold,
+        box_batch_size_per_image=roi.batch_size,
+        box_positive_fraction=roi.positive_fraction,
+        bbox_reg_weights=tuple(roi.coder.weights),
     )
     # Same RPN coder as ours, and our weights: with random weights the number of proposals
     # that survive NMS depends on the weights, so identical weights give both sides the same
     # second-stage work (same RoIs up to RoIAlign's half-pixel alignment).
-    model.rpn.box_coder = BoxCoder(tuple(ours.box_coder.weights))
+    model.rpn.box_coder = BoxCoder(tuple(rpn.coder.weights))
     copy_weights(ours.extractor, trunk)
     copy_weights(head.stage, r.layer4)
-    copy_weights(ours.rpn, model.rpn.head)
+    copy_weights(rpn.head, model.rpn.head)
     return TorchvisionDetector(
         name="FasterRCNN(resnet50 C4)", num_classes=num_classes, image_size=size, model=model
     )
@@ -203,7 +207,7 @@ PAIRS: dict[str, PairSpec] = {
             "meta_arch=faster_rcnn",
             "extractor=resnet50",
             "extractor.frozen_bn=true",
-            "meta_arch.rpn_channels=1024",  # torchvision's RPNHead keeps the input width
+            "+meta_arch.rpn.channels=1024",  # torchvision's RPNHead keeps the input width
         ),
         _tv_faster_rcnn_c4,
     ),
@@ -216,7 +220,6 @@ def build_pair(
     """Build ``(ours, torchvision's, image_size)`` for a pair of :data:`PAIRS` (random weights)."""
     from hydra import compose, initialize_config_module
 
-    import benchmark.app  # noqa: F401  (registers the config's resolvers)
     from benchmark.build import build_detector
 
     spec = PAIRS[name]

@@ -109,7 +109,9 @@ def coco_metrics(
         return metrics, "no detections"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        coco_dt = coco_gt.loadRes(detections)
+        # loadRes adds keys (id, area, iscrowd, a box polygon as segmentation) to the dicts
+        # it is given: hand it copies, so detections.json holds the detections only.
+        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             ev.params.imgIds = image_ids

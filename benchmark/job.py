@@ -3,8 +3,10 @@
 A job never raises into the sweep: a broken dataset or a crash becomes ``status: failed``
 with the error (and ``traceback.txt`` in the job folder); a combination that cannot work
 (e.g. an extractor that cannot be split for a two-stage detector) becomes ``status: skipped``
-with the reason. A job whose result.json already says ``ok`` is not run again, so an
-interrupted sweep resumes where it stopped.
+with the reason. A job's identity is its resolved configuration (``benchmark.identity``): a
+job whose folder holds an ``ok`` result with its own fingerprint is not run again, so an
+interrupted sweep resumes where it stopped; a folder holding another configuration's work is
+never reused (``benchmark.job_folder``; docs/bad_input.md is the contract).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import random
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +25,30 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.bootstrap import BootstrapSettings
+from benchmark.build import architecture_keys
+from benchmark.config_checks import SettingsError, check_settings
 from benchmark.data import DatasetError, build_data
 from benchmark.device import Device
 from benchmark.evaluate import ACCURACY_KEYS, evaluate
+from benchmark.identity import fingerprint, identity_config, resolved_config, result_fingerprint
+from benchmark.job_folder import (
+    clear_stale_outputs,
+    folder_lock,
+    other_configuration,
+    record_refusal,
+)
 from benchmark.measure import BenchSettings, measure
 from benchmark.measure.environment import environment
 from benchmark.recipe import TrainingRecipe
 from benchmark.results import RESULT_FILE, git_sha, read_result, write_json_atomic
 from benchmark.spec import InputSpec, ModelRecipe
 from benchmark.timing_lock import timing_lock, work_gate
-from benchmark.train import load_checkpoint
+from benchmark.train import CHECKPOINT_FILE, checkpoint_identity, load_checkpoint
 from benchmark.train_parallel import fit
 from models.errors import IncompatibleConfigError
 
 log = logging.getLogger("detbench")
+REFUSED = "refused"  # status of a job that did not run (never written to result.json)
 
 
 def seed_everything(seed: int) -> None:
@@ -58,53 +71,141 @@ def _choice(cfg: DictConfig, group: str) -> str:
         return str(node.get("_target_", group)).rsplit(".", 1)[-1] if node is not None else group
 
 
-def base_result(cfg: DictConfig, device: Device) -> dict[str, Any]:
-    """Identity, environment and config keys present on every result, whatever the status."""
+def _as_int(value: Any) -> Any:
+    """``int(value)`` when it is a whole number, else the value as given (a bad setting is
+    recorded as written)."""
+    try:
+        return int(value) if float(value) == int(value) else value
+    except (TypeError, ValueError, OverflowError):
+        return value
+
+
+def base_result(cfg: DictConfig, device: Device | None) -> dict[str, Any]:
+    """Identity, environment and config keys present on every result, whatever the status.
+
+    ``device`` is None when the job failed before its device was known (a bad setting): the
+    device and environment keys are then null.
+    """
     return {
         "status": None,
         "error": None,
         "meta_arch": _choice(cfg, "meta_arch"),
         "extractor": _choice(cfg, "extractor"),
-        "dataset": str(cfg.data.name),
-        "image_size": int(cfg.data.image_size),
-        "device": device.type,
-        "device_name": device.name,
+        "dataset": str(cfg.data.get("name")),
+        "image_size": _as_int(cfg.data.get("image_size")),
+        "device": device.type if device else None,
+        "device_name": device.name if device else None,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "num_threads": torch.get_num_threads(),
         "git_sha": git_sha(),
-        "seed": int(cfg.seed),
+        "config_fingerprint": fingerprint(identity_config(cfg)),
+        "seed": _as_int(cfg.get("seed")),
         "config": resolved_config(cfg),
-        **environment(device, OmegaConf.select(cfg, "bench.precision")),  # devices, versions, flags
+        # devices, versions, flags
+        **(environment(device, OmegaConf.select(cfg, "bench.precision")) if device else {}),
     }
 
 
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The job's config with interpolations resolved, without Hydra's own node."""
-    return {
-        str(k): OmegaConf.to_container(cfg[k], resolve=True)
-        if OmegaConf.is_config(cfg[k])
-        else cfg[k]
-        for k in cfg
-        if k != "hydra"
-    }
+def run_job(
+    cfg: DictConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run one configuration and write ``out_dir/result.json``. Never raises for job errors.
 
+    Holding the folder's lock (a second process on the same folder waits for it), in order:
 
-def run_job(cfg: DictConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run one configuration and write ``out_dir/result.json``. Never raises for job errors."""
+    1. the folder holds an ``ok`` result with this job's fingerprint: returned as is, nothing
+       runs (``force=true`` runs it again);
+    2. it holds an ``ok`` result or a ``checkpoint.pt`` of another configuration: the job is
+       refused, the folder keeps what it holds (plus ``refused.json``), and the returned dict
+       says ``status: refused`` with the message;
+    3. the settings are checked (``benchmark.config_checks``): a bad one fails the job before
+       any data is built;
+    4. the job builds, trains (resuming the folder's checkpoint of this configuration, unless
+       ``force=true``, which trains from scratch), evaluates and measures.
+
+    Args:
+        cfg: the job's config.
+        out_dir: the job folder.
+        progress: tqdm bars.
+        on_start: called once the job is going to run in the folder (after 1 and 2), e.g. to
+            write Hydra's config files, so a refused job never overwrites them.
+
+    Returns:
+        The result (as written to result.json), or the refusal (not written).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_result(out_dir)
-    if previous is not None and previous.get("status") == "ok" and not cfg.get("force", False):
-        log.info("%s already has an ok result; skipping (force=true runs it again)", out_dir)
-        return previous
+    ident = identity_config(cfg)
+    fp = fingerprint(ident)
+    force = bool(cfg.get("force", False))
+    with folder_lock(out_dir):
+        previous = read_result(out_dir)
+        same = previous is not None and result_fingerprint(previous) == fp
+        if not force and same and previous.get("status") == "ok":
+            log.info("%s already has an ok result; skipping (force=true runs it again)", out_dir)
+            return previous
+        checkpoint_error = None
+        if not force:
+            try:
+                ckpt = checkpoint_identity(out_dir / CHECKPOINT_FILE)
+            except RuntimeError as e:  # unreadable: neither ours nor another's to judge
+                ckpt, checkpoint_error = None, e
+            refusal = other_configuration(out_dir, previous, fp, ckpt)
+            if refusal is not None:
+                label = f"{_choice(cfg, 'meta_arch')}/{_choice(cfg, 'extractor')}"
+                message = refusal.message(out_dir, ident, fp, label)
+                log.error("%s", message)
+                record_refusal(out_dir, message, ident, fp)
+                return {
+                    "status": REFUSED,
+                    "error": message,
+                    "meta_arch": _choice(cfg, "meta_arch"),
+                    "extractor": _choice(cfg, "extractor"),
+                    "config_fingerprint": fp,
+                    "folder_fingerprint": refusal.their_fingerprint,
+                    "job_dir": str(out_dir),
+                }
+        if previous is not None and not same:
+            log.warning(
+                "%s: replacing a %s result of another configuration",
+                out_dir,
+                previous.get("status"),
+            )
+        elif force and previous is not None:
+            log.info("%s: force=true: running again from scratch", out_dir)
+        clear_stale_outputs(out_dir, checkpoint=force and not _loads_own_checkpoint(cfg, out_dir))
+        if on_start is not None:
+            on_start()
+        return _run_and_record(cfg, out_dir, progress, checkpoint_error)
 
-    device = Device.from_spec(str(cfg.device))
-    result = base_result(cfg, device)
+
+def _loads_own_checkpoint(cfg: DictConfig, out_dir: Path) -> bool:
+    """``train.checkpoint`` points at the folder's own checkpoint.pt (force must keep it)."""
+    path = OmegaConf.select(cfg, "train.checkpoint", default=None)
+    return bool(path) and Path(str(path)).resolve() == (out_dir / CHECKPOINT_FILE).resolve()
+
+
+def _run_and_record(
+    cfg: DictConfig, out_dir: Path, progress: bool, checkpoint_error: Exception | None
+) -> dict[str, Any]:
+    """Check the settings, run the job, write result.json (whatever happens) and return it."""
+    result = base_result(cfg, None)
     t_start = time.perf_counter()
     try:
+        check_settings(cfg)  # before any data is built or anything trains
+        if checkpoint_error is not None:
+            raise checkpoint_error
+        device = Device.from_spec(str(cfg.device))
+        result = base_result(cfg, device)
         result.update(_run(cfg, device, out_dir, progress))
         result["status"] = "ok"
+    except SettingsError as e:
+        result.update(status="failed", error=f"SettingsError: {e}")
+        log.error("bad setting: %s", e)
     except IncompatibleConfigError as e:
         result.update(status="skipped", error=str(e))
         log.warning("skipped: %s", e)
@@ -153,6 +254,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         image_size=spec.image_size,
         max_size=spec.max_size,
         augment=bool(cfg.data.get("augment", False)),
+        progress=progress,
     )
     # Shorter-side resizing keeps the aspect ratio: the shape a typical validation image
     # gets, not M x M, is what anchors are counted and memory is probed at.
@@ -164,11 +266,13 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         "num_classes": len(data.class_names),
         "class_names": data.class_names,
         "data_stats": data.stats,
+        "data_warnings": data.warnings,
         "params": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_anchors": _num_anchors(model, spec.shape),
         **spec.result_keys(),  # resize_mode, input_shape
         **model.info().result_keys(),  # family, display name, neck, proposals: the report's names
+        **architecture_keys(model),  # output_stride, crop_size
     }
 
     tcfg = cfg.train
@@ -189,14 +293,7 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
         tr, _ = fit(
             cfg, model, data.train, len(data.class_names), device, out_dir, progress=progress
         )
-        out.update(
-            train_iters=tr.iters,
-            train_seconds=tr.seconds,
-            final_loss=tr.final_loss,
-            train_images_per_second=tr.images_per_second,
-            train_history=tr.history,
-            train_paused_seconds=tr.paused_seconds,
-        )
+        out.update(tr.result_keys())  # whole training across resumed segments
     else:
         out.update(train_iters=0, train_seconds=0.0, final_loss=None)
 

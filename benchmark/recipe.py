@@ -1,10 +1,18 @@
-"""MegDet's large-batch recipe (Peng et al. 2018): linear scaling, scaled warm-up, BN modes.
+"""MegDet's large-batch recipe (Peng et al. 2018): linear scaling, gradual warm-up, BN modes.
 
 * :func:`linear_scaling` - the learning rate for a total batch from the one tuned for a
-  reference batch (``lr = base_lr * total / reference``), with the warm-up lengthened by the
-  same factor (section 3.2: the rule does not hold while the weights change fast, so the rate
-  climbs linearly to the scaled value). A pure function, unit-tested.
-* :class:`TrainingRecipe` - the ``train`` config keys of scale-out (``devices``, ``sync_bn``,
+  reference batch (``lr = base_lr * total / reference``, the linear scaling rule of Goyal et
+  al. 2017 that MegDet section 3.2 re-derives from the gradients' variance). The rule does
+  not hold while the weights change fast, so the rate climbs from the small-batch rate to the
+  scaled one over the warm-up (Goyal et al.'s "gradual warmup", which MegDet borrows: "set up
+  the learning rate small enough at the beginning, such as r. Then, we increase the learning
+  rate with a constant speed after every iteration, until to r-hat"). The warm-up keeps its
+  length in steps: Goyal et al. fix it in epochs (5 of 90), the same share of the schedule at
+  every batch size, and here the schedule is ``train.max_iters`` steps whatever the batch, so
+  the same share is the same number of steps; a larger batch never lengthens it.
+  :func:`benchmark.train.lr_factor` applies the ramp. A pure function, unit-tested.
+* :class:`TrainingRecipe` - the ``train`` config keys of scale-out (``devices``, ``sync_bn``:
+  ``sync`` is MegDet's Cross-GPU Batch Normalization, section 3.3, as PyTorch's SyncBatchNorm,
   ``lr_scaling``, ``reference_batch_size``) validated, plus the result keys they imply.
 * :func:`frozen_batchnorm` - ``sync_bn=frozen``: BatchNorm layers normalize with their
   running statistics and their affine parameters are not trained (Detectron's
@@ -35,7 +43,7 @@ class Scaled:
     Attributes:
         factor: ``total_batch / reference_batch`` (1.0 when scaling is off).
         lr: the effective base learning rate, ``base_lr * factor``.
-        warmup_iters: the warm-up length, ``round(base_warmup_iters * factor)``.
+        warmup_iters: the warm-up length in steps: ``base_warmup_iters``, whatever the factor.
     """
 
     factor: float
@@ -46,11 +54,11 @@ class Scaled:
 def linear_scaling(
     base_lr: float, base_warmup_iters: int, *, total_batch: int, reference_batch: int
 ) -> Scaled:
-    """Linear scaling rule with a warm-up that scales likewise (Goyal et al.; MegDet 3.2).
+    """Linear scaling rule (Goyal et al. 2017; MegDet 3.2); the warm-up keeps its steps.
 
     Args:
         base_lr: the learning rate tuned for ``reference_batch`` images per step.
-        base_warmup_iters: the warm-up length tuned for ``reference_batch``.
+        base_warmup_iters: the warm-up length in steps (unchanged: see the module docstring).
         total_batch: images per optimizer step over all ranks.
         reference_batch: the batch ``base_lr`` was tuned for.
 
@@ -62,7 +70,7 @@ def linear_scaling(
     if base_warmup_iters < 0:
         raise ValueError(f"warm-up must be >= 0 iterations, got {base_warmup_iters}")
     factor = total_batch / reference_batch
-    return Scaled(factor, base_lr * factor, round(base_warmup_iters * factor))
+    return Scaled(factor, base_lr * factor, int(base_warmup_iters))
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class TrainingRecipe:
     reference_batch_size: int | None
     base_lr: float
     base_warmup_iters: int
+    optimizer: str = ""
 
     @classmethod
     def from_cfg(cls, tcfg: DictConfig) -> TrainingRecipe:
@@ -114,6 +123,7 @@ class TrainingRecipe:
             reference_batch_size=int(ref) if ref else None,
             base_lr=float(tcfg.optimizer.lr),
             base_warmup_iters=int(tcfg.warmup_iters),
+            optimizer=str(tcfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
         )
 
     @property
@@ -157,14 +167,16 @@ class TrainingRecipe:
         return "off" if self.sync_bn == "sync" and self.world_size == 1 else self.sync_bn
 
     def train_cfg(self, tcfg: DictConfig) -> DictConfig:
-        """``tcfg`` with the scaled learning rate and warm-up (``tcfg`` itself is unchanged;
-        with a factor of 1 it is returned as is, so the default path is untouched)."""
+        """``tcfg`` with the scaled learning rate and ``lr_scale`` (the factor), from which
+        :func:`benchmark.train.lr_factor` ramps the rate from the small-batch one over the
+        warm-up. ``tcfg`` itself is unchanged; with a factor of 1 it is returned as is, so the
+        default path is untouched."""
         s = self.scaled
         if s.factor == 1.0:
             return tcfg
         out = OmegaConf.create(OmegaConf.to_container(tcfg, resolve=True))
         out.optimizer.lr = s.lr
-        out.warmup_iters = s.warmup_iters
+        out.lr_scale = s.factor
         return out
 
     def result_keys(self, device: Device) -> dict[str, Any]:
@@ -179,6 +191,7 @@ class TrainingRecipe:
             "effective_lr": s.lr,
             "effective_warmup_iters": s.warmup_iters,
             "sync_bn": self.bn_effective,
+            "optimizer": self.optimizer or None,  # SGD, RMSprop, AdamW (the class name)
         }
 
 

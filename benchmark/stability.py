@@ -51,7 +51,6 @@ def run(overrides: list[str], runs: int) -> dict[str, Any]:
     """
     from hydra import compose, initialize_config_module
 
-    import benchmark.app  # noqa: F401  (registers the config's resolvers)
     from benchmark.job import run_job
 
     with initialize_config_module(config_module="sweeps", version_base="1.3"):

@@ -27,6 +27,7 @@ from benchmark.build import build_detector
 from benchmark.data import build_loader
 from benchmark.device import Device
 from benchmark.distributed import Ranks, run_ranks
+from benchmark.identity import fingerprint, identity_config
 from benchmark.recipe import TrainingRecipe, frozen_batchnorm
 from benchmark.timing_lock import work_gate
 from benchmark.train import (
@@ -54,8 +55,10 @@ def fit(
     """Train ``model`` per ``cfg.train`` (scaled learning rate and warm-up, BN mode).
 
     Returns:
-        The training record (losses averaged over ranks) and the recipe that ran; ``model``
-        holds the trained weights, on ``device``, with plain BatchNorm layers.
+        The training record (losses averaged over ranks; the whole training when resumed)
+        and the recipe that ran; ``model`` holds the trained weights, on ``device``, with
+        plain BatchNorm layers. Checkpoints carry the job's configuration fingerprint
+        (``benchmark.identity``), computed here from ``cfg``.
 
     Raises:
         ValueError: a recipe the device cannot run (see :meth:`TrainingRecipe.check`).
@@ -63,6 +66,8 @@ def fit(
     recipe = TrainingRecipe.from_cfg(cfg.train)
     recipe.check(device)
     tcfg = recipe.train_cfg(cfg.train)
+    ident = identity_config(cfg)
+    identity = (fingerprint(ident), ident)
     if recipe.world_size == 1:
         loader = build_loader(
             train_set,
@@ -81,7 +86,16 @@ def fit(
             frozen_batchnorm(model, recipe.bn_effective == "frozen"),
             training_memory_format(model, bool(tcfg.get("channels_last", False))),
         ):
-            tr = train(model, loader, tcfg, device, out_dir, progress=progress, gate=gate)
+            tr = train(
+                model,
+                loader,
+                tcfg,
+                device,
+                out_dir,
+                progress=progress,
+                gate=gate,
+                identity=identity,
+            )
         return tr, recipe
 
     if tcfg.get("channels_last", False):
@@ -108,6 +122,7 @@ def fit(
             str(out_dir),
             progress,
             str(summary),
+            identity,
             num_threads=cfg.get("num_threads"),
         )
         tr = TrainResult(**json.loads(summary.read_text()))
@@ -127,6 +142,7 @@ def _train_rank(
     out_dir: str,
     progress: bool,
     summary_path: str,
+    identity: tuple[str, dict],
 ) -> None:
     """One rank: build, wrap in DDP, train on this rank's shard; rank 0 writes the summary."""
     if ranks.is_main:  # spawned processes have no logging set up; rank 0 speaks for all
@@ -162,6 +178,15 @@ def _train_rank(
             drop_last=len(sampler) > recipe.batch_size,
             pin_memory=ranks.device.pin_memory,
         )
-        tr = train(ddp, loader, tcfg, ranks.device, Path(out_dir), progress=progress, ranks=ranks)
+        tr = train(
+            ddp,
+            loader,
+            tcfg,
+            ranks.device,
+            Path(out_dir),
+            progress=progress,
+            ranks=ranks,
+            identity=identity,
+        )
     if ranks.is_main:
         Path(summary_path).write_text(json.dumps(dataclasses.asdict(tr)))

@@ -48,9 +48,15 @@ def argmax_match(
     With ``allow_low_quality`` every ground truth also claims its best anchor(s), all
     anchors tied at its maximum IoU, whatever the thresholds: SSD's "best anchor per
     object first" and Faster R-CNN's low-quality matches. Such an anchor is assigned to
-    the ground truth claiming it (the one with the highest IoU if several do), so each
-    object is guaranteed a positive. Unlike torchvision, a ground truth that overlaps no
-    anchor at all (max IoU 0) claims nothing, instead of turning every anchor positive.
+    the ground truth claiming it (the one with the highest IoU if several do). So an
+    object gets a positive unless its best anchors are all claimed by another object with
+    a higher IoU with them (two objects sharing a best anchor: the other wins, and this one
+    keeps only anchors it matches above ``pos_threshold``, possibly none). That is Huang et
+    al.'s *Argmax* (the TF OD API's ``force_match_for_each_row``) and torchvision's
+    behaviour; Liu et al.'s Caffe SSD avoids it with greedy bipartite matching first
+    (:func:`bipartite_match`), which gives every object its own anchor. Unlike torchvision,
+    a ground truth that overlaps no anchor at all (max IoU 0) claims nothing, instead of
+    turning every anchor positive.
 
     Args:
         iou: ``[G, A]`` IoU between ground truths and anchors.
@@ -238,11 +244,10 @@ def ohem_select(
 ) -> Tensor:
     """Online hard example mining: keep the ``num`` RoIs with the highest loss (R-FCN).
 
-    R-FCN (Dai et al. 2016) first runs NMS (IoU 0.7) over the RoIs scored by their loss,
-    so overlapping RoIs do not all count as hard examples, then takes the top 128. By
-    default this is the NMS-free variant (plain top-k by loss), which is cheaper and
-    keeps every selected RoI independent of box geometry; pass ``boxes`` for the
-    original NMS variant.
+    R-FCN (Dai et al. 2016) sorts all RoIs of an image by loss and keeps the 128 with the
+    highest: the default, plain top-k by loss. Shrivastava et al.'s OHEM first runs NMS
+    (IoU 0.7) over the loss-ranked RoIs, so that overlapping RoIs do not all count as hard
+    examples; pass ``boxes`` for that variant.
 
     Args:
         losses: ``[R]`` per-RoI total (classification + box) loss; not differentiated.

@@ -1,19 +1,34 @@
 """Shared fixtures: tiny on-disk datasets in every supported layout.
 
-Each fixture writes a dataset into ``tmp_path`` and returns a ``data`` config dict that
-``benchmark.data.build_data`` accepts directly (wrap it with ``OmegaConf.create`` and
+Each dataset fixture writes a dataset into ``tmp_path`` and returns a ``data`` config dict
+that ``benchmark.data.build_data`` accepts directly (wrap it with ``OmegaConf.create`` and
 merge it into a full config for end-to-end tests). Images are 64 px, with each object
 drawn as a filled rectangle of a per-class colour, so a model can even fit them.
+
+``fake_report``: the fake paper-like sweep of ``report_fakes.py`` with its report written
+once per session, shared (read-only) by the report tests.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    """Kill multiprocessing children a test left running (a hung one would hold the output
+    pipe of CI open long after pytest ended, and take a core from the tests after it)."""
+    yield
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
+
 
 _COLOURS = [(230, 40, 40), (40, 90, 230), (40, 180, 60)]
 
@@ -160,3 +175,31 @@ def tiny_synthetic(tmp_path) -> dict:
         "gen_size": 96,
         "seed": 0,
     }
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cluster`` start a Ray or SLURM cluster and run sweeps on it (minutes
+    each): the plain ``pytest`` skips them, with this reason, to stay fast; they run when
+    selected (``-m cluster``, as .ci/run does after installing them) or named on the
+    command line (``pytest tests/test_cluster_ray.py``)."""
+    if "cluster" in (config.option.markexpr or ""):
+        return
+    named = {Path(arg.split("::")[0]).resolve() for arg in config.args}
+    skip = pytest.mark.skip(
+        reason="starts a local Ray/SLURM cluster: run `pytest -m cluster` "
+        "(after pip install -e '.[cluster]'; SLURM: root + apt-get install slurm-wlm munge)"
+    )
+    for item in items:
+        if "cluster" in item.keywords and Path(item.path).resolve() not in named:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fake_report(tmp_path_factory):
+    """``write_report``'s summary of the fake sweep (``.folder`` holds the sweep and its
+    report files). Shared by every report test: read it, never write into it."""
+    from report_fakes import make_fake_sweep
+
+    from benchmark.report import write_report
+
+    return write_report(make_fake_sweep(tmp_path_factory.mktemp("sweeps") / "paper"))

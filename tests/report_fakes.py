@@ -121,8 +121,15 @@ def write_job(root: Path, job: str, result: dict, traceback: str | None = None) 
     return folder
 
 
+DATA_WARNING = (
+    "class 'bird' has 3 val boxes but no training box (/data/val.json): the detector cannot "
+    "learn it, and its AP of 0 is averaged into map"
+)
+
+
 def make_fake_sweep(root: Path, *, sizes=(300, 600), proposals=(10, 50, 100, 300)) -> Path:
-    """A paper-like sweep folder with ok, one skipped and one failed job."""
+    """A paper-like sweep folder with ok, one skipped and one failed job; one ok job has a
+    data warning."""
     for meta, ext, size in itertools.product(META, EXTRACTORS, sizes):
         props = proposals if meta in TWO_STAGE else (None,)
         for p in props:
@@ -132,7 +139,10 @@ def make_fake_sweep(root: Path, *, sizes=(300, 600), proposals=(10, 50, 100, 300
     write_job(
         root,
         "meta_arch=faster_rcnn,extractor=resnet101,extractor.output_stride=8",
-        fake_result("faster_rcnn", "resnet101", max(sizes), max(proposals), stride=8),
+        {
+            **fake_result("faster_rcnn", "resnet101", max(sizes), max(proposals), stride=8),
+            "data_warnings": [DATA_WARNING],
+        },
     )
     write_job(
         root,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from benchmark.data import DatasetError, build_data
 
@@ -156,18 +157,24 @@ def test_bad_voc_raises(tiny_voc, case):
 
 
 def test_unreadable_image_raises_at_load_time(tiny_coco):
-    data = _build(tiny_coco)  # the file exists, so validation up front passes
+    data = _build(tiny_coco)  # the files are fine when the job starts...
     path = os.path.join(tiny_coco["train_images"], "t2.jpg")
-    Path(path).write_bytes(b"not a jpeg")
+    Path(path).write_bytes(b"not a jpeg")  # ...and one breaks while it runs
     with pytest.raises(DatasetError, match="unreadable image") as info:
         data.train[1]
     assert "t2.jpg" in str(info.value)
 
 
-def test_image_size_mismatch_raises_at_load_time(tiny_coco):
+def test_image_size_mismatch_raises_up_front(tiny_coco):
     _edit_json(tiny_coco["val_annotations"], lambda d: d["images"][0].update(width=80))
+    with pytest.raises(DatasetError, match=r"v1\.jpg: image is 64x64 but annotated as 80x64"):
+        _build(tiny_coco)
+
+
+def test_image_size_mismatch_raises_at_load_time(tiny_coco):
     data = _build(tiny_coco)
-    with pytest.raises(DatasetError, match=r"v1\.jpg.*annotated as 80x64"):
+    Image.new("RGB", (80, 64)).save(os.path.join(tiny_coco["val_images"], "v1.jpg"))
+    with pytest.raises(DatasetError, match=r"v1\.jpg: image is 80x64 but annotated as 64x64"):
         data.val[0]
 
 

@@ -61,7 +61,12 @@ def test_coco_negatives_are_kept(tiny_coco):
         "boxes": 5,
         "negatives": 1,
         "clipped": 0,
-        "dropped": {"degenerate": 0, "outside_image": 0, "crowd": 1},
+        "dropped": {
+            "degenerate": 0,
+            "outside_image": 0,
+            "crowd": 1,
+            "degenerate_after_resize": 0,
+        },
     }
     _, target = data.train[3]
     assert target["boxes"].shape == (0, 4) and target["boxes"].dtype == torch.float32
@@ -87,7 +92,12 @@ def test_coco_bad_boxes_are_dropped_and_counted(tiny_coco, caplog):
     with caplog.at_level(logging.WARNING):
         data = _build(tiny_coco)
     stats = data.stats["train"]
-    assert stats["dropped"] == {"degenerate": 2, "outside_image": 1, "crowd": 1}
+    assert stats["dropped"] == {
+        "degenerate": 2,
+        "outside_image": 1,
+        "crowd": 1,
+        "degenerate_after_resize": 0,
+    }
     assert stats["clipped"] == 1 and stats["boxes"] == 6
     assert data.train.records[1].boxes.tolist() == [[10, 12, 50, 48], [50, 50, 64, 64]]
     assert "instances_train2017.json" in caplog.text and "t2.jpg" in caplog.text

@@ -21,6 +21,7 @@ from benchmark.distributed import SINGLE, Ranks, free_port, run_ranks, threads_p
 from benchmark.train import CHECKPOINT_FILE, load_checkpoint
 
 
+@pytest.mark.slow  # end to end: two spawned ranks train and checkpoint
 def test_two_gloo_ranks_step_equals_one_process_on_the_full_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()

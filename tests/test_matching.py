@@ -155,3 +155,18 @@ def test_ohem_select():
     # NMS variant: RoI 3 (0.7) overlaps RoI 1 (0.9), so RoI 2 (0.5) comes in instead.
     mask = ohem_select(losses, 2, boxes=boxes, iou_threshold=0.7)
     assert mask.tolist() == [False, True, True, False, False]
+
+
+def test_argmax_object_sharing_its_best_anchor_can_lose_it_bipartite_cannot():
+    """Two objects whose best anchor is the same: Argmax (Huang et al.) gives it to the one
+    with the higher IoU, and the other keeps nothing above the threshold; greedy bipartite
+    matching (Liu et al.'s Caffe SSD) gives each object an anchor of its own."""
+    iou = torch.tensor(
+        [
+            [0.6, 0.1, 0.0],  # object 0: best anchor 0
+            [0.4, 0.3, 0.0],  # object 1: best anchor 0 too, below 0.5 everywhere
+        ]
+    )
+    matches = argmax_match(iou, pos_threshold=0.5, neg_threshold=0.5)
+    assert matches.tolist() == [0, NEGATIVE, NEGATIVE]  # object 1 has no positive
+    assert bipartite_match(iou).tolist() == [0, 1, NEGATIVE]

@@ -8,6 +8,9 @@ import torchvision
 from measure_toys import ToyRoIModel, one_thread  # noqa: F401 (fixture)
 from torch import nn
 from torchvision.models.detection import (
+    FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+    FasterRCNN_ResNet50_FPN_Weights,
     SSD300_VGG16_Weights,
     SSDLite320_MobileNet_V3_Large_Weights,
     ssd300_vgg16,
@@ -45,6 +48,45 @@ def test_wrapper_predict_matches_ssdlite_ops():
         SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["_ops"], rel=0.005
     )
     assert report.num_proposals is None
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "size"),
+    [
+        (
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+            320,
+        ),
+        ("fasterrcnn_mobilenet_v3_large_fpn", FasterRCNN_MobileNet_V3_Large_FPN_Weights, 800),
+    ],
+)
+def test_two_stage_cross_check_is_exact_on_convolutions(name, weights, size):
+    """torchvision's published ``_ops`` of its MobileNet Faster R-CNNs are the convolutions
+    alone: no RoIAlign and no box head (the FPN box head's linear layers add ~14 GMACs at
+    1000 RoIs). ``gmacs_conv`` reproduces them; ``gmacs`` adds what they leave out.
+    (Their ResNet-50 FPN models' ``_ops`` are convolutions + the box head's linear layers at
+    1000 RoIs, still without RoIAlign: docs/measurement.md.)"""
+    torch.manual_seed(0)
+    model = TorchvisionDetector(name=name, num_classes=90, image_size=size)
+    report = count_predict(model, model.preprocess([torch.rand(3, size, size)]).tensor)
+    assert report.gmacs_conv == pytest.approx(weights.COCO_V1.meta["_ops"], rel=0.005)
+    assert report.gmacs_conv == pytest.approx(report.by_op["aten.convolution"])
+    assert report.gmacs > report.gmacs_conv + report.by_op["torchvision.roi_align"]  # + box head
+
+
+def test_resnet50_fpn_ops_are_convolutions_and_box_head_without_roi_align():
+    """``fasterrcnn_resnet50_fpn``'s ``_ops`` (134.38) = convolutions + the box head's linear
+    layers at its 1000 test-time RoIs; RoIAlign is not in it."""
+    torch.manual_seed(0)
+    model = TorchvisionDetector(name="fasterrcnn_resnet50_fpn", num_classes=90, image_size=800)
+    report = count_predict(model, model.preprocess([torch.rand(3, 800, 800)]).tensor)
+    assert report.num_proposals == 1000
+    published = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["_ops"]
+    assert report.gmacs_conv + report.by_op["aten.addmm"] == pytest.approx(published, rel=0.005)
+    assert report.gmacs - report.by_op["torchvision.roi_align"] == pytest.approx(
+        published, rel=0.005
+    )
 
 
 def test_roi_align_formula():

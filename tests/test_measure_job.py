@@ -1,15 +1,15 @@
-"""End to end: profile-only ``detbench`` runs write every measurement key; the stability command."""
+"""End to end: profile-only jobs (in-process) write every measurement key; the stability command."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
 from measure_toys import one_thread  # noqa: F401 (fixture: one intra-op thread)
+
+from benchmark.job import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -80,25 +80,26 @@ PRESENT = (
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Subprocess environment: one roofline cache for the module, so the peak is measured once."""
-    return {**os.environ, "DETBENCH_CACHE": str(tmp_path_factory.mktemp("cache"))}
+def cache_dir(tmp_path_factory) -> str:
+    """One roofline cache for the module, so the peak is measured once."""
+    return str(tmp_path_factory.mktemp("cache"))
 
 
-def detbench(out: Path, overrides: list[str], env: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmark", *overrides, f"hydra.run.dir={out}"],
-        cwd=out.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    result = json.loads((out / "result.json").read_text())
-    assert proc.returncode == 0 and result["status"] == "ok", (
-        result.get("error"),
-        proc.stderr[-3000:],
-    )
+@pytest.fixture
+def cache(cache_dir, monkeypatch) -> str:
+    monkeypatch.setenv("DETBENCH_CACHE", cache_dir)
+    return cache_dir
+
+
+def detbench(out: Path, overrides: list[str]) -> dict:
+    """A profile-only job run in this process, as ``detbench`` runs it (same config, same
+    ``run_job``), without a Python start-up per job; the CLI itself is exercised by the smoke
+    sweep and the scale-out tests."""
+    with initialize_config_module(config_module="sweeps", version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    result = run_job(cfg, out, progress=False)
+    assert result == json.loads((out / "result.json").read_text())
+    assert result["status"] == "ok", result.get("error")
     return result
 
 
@@ -125,26 +126,25 @@ def check_complete(result: dict, out: Path) -> None:
     assert len(samples["end_to_end_ms"]) == 12
 
 
-def test_profile_only_ssd_job(tmp_path, env):
+def test_profile_only_ssd_job(tmp_path, cache):
     out = tmp_path / "ssd"
-    result = detbench(out, ["meta_arch=ssd", "extractor=mobilenet_v3_small", *TINY], env)
+    result = detbench(out, ["meta_arch=ssd", "extractor=mobilenet_v3_small", *TINY])
     check_complete(result, out)
     assert result["extractor"] == "mobilenet_v3_small" and result["flops_uncounted_ops"] == []
 
 
-def test_torchvision_reference_job(tmp_path, env):
+def test_torchvision_reference_job(tmp_path, cache):
     out = tmp_path / "tv"
     result = detbench(
-        out, ["meta_arch=torchvision", "meta_arch.name=ssdlite320_mobilenet_v3_large", *TINY], env
+        out, ["meta_arch=torchvision", "meta_arch.name=ssdlite320_mobilenet_v3_large", *TINY]
     )
     check_complete(result, out)
     assert result["meta_arch"] == "torchvision" and result["extractor"] == "mobilenet_v3_large"
     assert result["reference_model"] == "ssdlite320_mobilenet_v3_large"
 
 
-def test_stability_command(tmp_path, env, monkeypatch, capsys):
+def test_stability_command(tmp_path, cache, monkeypatch, capsys):
     """``python -m benchmark.stability`` (its ``main``, in-process to save a Python start-up)."""
-    monkeypatch.setenv("DETBENCH_CACHE", env["DETBENCH_CACHE"])
     monkeypatch.chdir(tmp_path)
     summary = tmp_path / "stability.json"
     from benchmark.stability import main

@@ -11,7 +11,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-import benchmark.app  # noqa: F401  (registers the resolvers the config uses)
 import sweeps
 from benchmark.build import build_detector
 from models.meta_arch.refinedet import RefineDet

@@ -1,4 +1,5 @@
-"""MegDet's recipe (benchmark/recipe.py): linear scaling rule, scaled warm-up, BN modes."""
+"""MegDet's recipe (benchmark/recipe.py): linear scaling rule, gradual warm-up (Goyal et al.)
+from the small-batch rate to the scaled one, the schedule that follows, BN modes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from omegaconf import OmegaConf
 
 from benchmark.device import Device
 from benchmark.recipe import Scaled, TrainingRecipe, frozen_batchnorm, linear_scaling
+from benchmark.train import lr_factor, schedule_factor
 
 CPU = Device.from_spec("cpu")
 
@@ -30,8 +32,8 @@ def _tcfg(**kw):
     ("total", "ref", "lr", "warmup"),
     [
         (16, 16, 0.02, 100),  # the reference batch: unchanged
-        (256, 16, 0.32, 1600),  # MegDet: 16x the batch, 16x lr (0.02 -> 0.32), 16x warm-up
-        (8, 16, 0.01, 50),  # smaller batch: scaled down too
+        (256, 16, 0.32, 100),  # MegDet: 16x the batch, 16x lr (0.02 -> 0.32), same warm-up
+        (8, 16, 0.01, 100),  # smaller batch: lr scaled down too
     ],
 )
 def test_linear_scaling(total, ref, lr, warmup):
@@ -40,8 +42,8 @@ def test_linear_scaling(total, ref, lr, warmup):
     assert s.factor == pytest.approx(total / ref)
 
 
-def test_linear_scaling_rounds_warmup_and_rejects_bad_input():
-    assert linear_scaling(0.1, 3, total_batch=3, reference_batch=2).warmup_iters == 4  # 4.5
+def test_linear_scaling_never_lengthens_the_warmup_and_rejects_bad_input():
+    assert linear_scaling(0.1, 3, total_batch=3, reference_batch=2).warmup_iters == 3
     assert linear_scaling(0.1, 0, total_batch=64, reference_batch=2).warmup_iters == 0
     with pytest.raises(ValueError, match="batch"):
         linear_scaling(0.1, 10, total_batch=0, reference_batch=16)
@@ -63,7 +65,8 @@ def test_devices_multiply_lr_and_warmup_from_one_rank_reference():
     tcfg = _tcfg(devices=4)
     r = TrainingRecipe.from_cfg(tcfg)
     out = r.train_cfg(tcfg)
-    assert out.optimizer.lr == pytest.approx(0.08) and out.warmup_iters == 120
+    assert out.optimizer.lr == pytest.approx(0.08) and out.warmup_iters == 30
+    assert out.lr_scale == 4.0  # lr_factor ramps from 1/4 of the scaled rate
     assert tcfg.optimizer.lr == 0.02  # the job's config is not modified
     keys = r.result_keys(CPU)
     assert keys["world_size"] == 4 and keys["total_batch_size"] == 8
@@ -120,3 +123,60 @@ def test_fit_refuses_sync_bn_on_cpu_ranks_before_starting_them(tmp_path):
     cfg = OmegaConf.create({"train": _tcfg(devices=2, sync_bn="sync")})
     with pytest.raises(ValueError, match="sync_bn=sync needs CUDA"):
         fit(cfg, toy_model(), [], 1, CPU, tmp_path)  # raises before any process or loader
+
+
+def _lrs(devices: int, **train):
+    """The learning rate of every step of a job on ``devices`` ranks, as the training loop
+    computes it: the recipe's scaled config, then its schedule."""
+    tcfg = _tcfg(devices=devices, max_iters=300, warmup_factor=0.01, schedule="cosine", **train)
+    scaled = TrainingRecipe.from_cfg(tcfg).train_cfg(tcfg)
+    factor = schedule_factor(scaled)
+    return [float(scaled.optimizer.lr) * factor(it) for it in range(301)]
+
+
+@pytest.mark.parametrize("devices", range(1, 17))
+def test_warmup_reaches_the_scaled_rate_on_time_and_the_decay_runs(devices):
+    """Goyal et al. / MegDet: start at the small-batch rate, climb linearly to k x lr, within
+    the same 30 warm-up steps at every device count; then the cosine decay to 0."""
+    lr, k, base = _lrs(devices), devices, 0.02
+    single = _lrs(1)
+    assert lr[0] == pytest.approx(single[0]) == pytest.approx(0.01 * base)  # small-batch start
+    assert all(a < b for a, b in zip(lr[:31], lr[1:31], strict=False))  # climbs every step
+    assert lr[30] == pytest.approx(k * base)  # the target, at step 30 whatever k
+    assert max(lr) == pytest.approx(k * base)  # never above it
+    assert all(a >= b for a, b in zip(lr[30:], lr[31:], strict=False))  # then decays...
+    assert lr[165] == pytest.approx(k * base / 2, rel=0.02) and lr[300] == pytest.approx(0.0)
+    if k == 1:
+        assert lr == single
+
+
+def test_stepped_warmup_and_exponential_decay():
+    """Huang et al.'s SSD over VGG-16: 0.8^2 then 0.8 of the rate for 10K steps each; their
+    other SSDs decay by 0.95 every 800K steps (staircase)."""
+    f = [
+        lr_factor(
+            it,
+            max_iters=2_000_000,
+            warmup_iters=20_000,
+            warmup_factor=0.01,
+            warmup_factors=[0.64, 0.8],
+            schedule="exponential",
+            decay_steps=800_000,
+        )
+        for it in (0, 9_999, 10_000, 19_999, 20_000, 799_999, 800_000, 1_600_000)
+    ]
+    assert f == pytest.approx([0.64, 0.64, 0.8, 0.8, 1.0, 1.0, 0.95, 0.95**2])
+    # Under linear scaling (k = 4) the stepped warm-up starts at the small-batch rate too.
+    assert lr_factor(
+        0,
+        max_iters=100,
+        warmup_iters=20,
+        warmup_factor=1.0,
+        warmup_factors=[0.64, 0.8],
+        schedule="constant",
+        scale=4.0,
+    ) == pytest.approx(0.64 / 4)
+    with pytest.raises(ValueError, match="decay_steps"):
+        schedule_factor(_tcfg(max_iters=10, warmup_factor=0.1, schedule="exponential"))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedule_factor(_tcfg(max_iters=10, warmup_factor=0.1, schedule="poly"))

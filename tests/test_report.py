@@ -3,6 +3,7 @@ figures, CSV and HTML files. Fast: no model is built or trained."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from report_fakes import ENV, TARGETS, fake_result, make_fake_sweep, write_job
+from report_fakes import DATA_WARNING, ENV, TARGETS, fake_result, make_fake_sweep, write_job
 
 from benchmark.report import (
     FIGURES,
@@ -84,13 +85,8 @@ def test_sweet_spot_needs_three_points_and_a_bend():
     assert sweet_spot(np.array([1.0, 10.0, 100.0]), np.array([0.1, 0.11, 0.5])) is None
 
 
-@pytest.fixture(scope="module")
-def fake_sweep(tmp_path_factory):
-    return make_fake_sweep(tmp_path_factory.mktemp("sweeps") / "paper")
-
-
-def test_frontier_table_has_every_axis_and_critical_names(fake_sweep):
-    table = frontier_table(load_results(fake_sweep))
+def test_frontier_table_has_every_axis_and_critical_names(fake_report):
+    table = frontier_table(load_results(fake_report.folder))
     assert set(table["axis"]) == {"latency", "gmacs", "memory"}
     for axis, group in table.groupby("axis"):
         first = "fastest" if axis == "latency" else "cheapest"
@@ -156,8 +152,8 @@ def test_imagenet_top1_sources():
     assert imagenet_top1("my_custom_net") == (None, None)
 
 
-def test_write_report_writes_every_file(fake_sweep):
-    summary = write_report(fake_sweep)
+def test_write_report_writes_every_file(fake_report):
+    summary, fake_sweep = fake_report, fake_report.folder
     assert summary.counts == {"ok": 89, "skipped": 1, "failed": 1}
     assert "91 jobs: 89 ok, 1 skipped, 1 failed" in summary.line()
     for name in ["results.csv", "frontier.csv", "report.html", *FIGURES]:
@@ -173,15 +169,17 @@ def test_write_report_writes_every_file(fake_sweep):
     assert (front["critical"] == "most accurate").sum() == 3
 
 
-def test_report_html_is_self_contained_and_lists_problems(fake_sweep):
-    write_report(fake_sweep)
-    page = (fake_sweep / "report.html").read_text()
+def test_report_html_is_self_contained_and_lists_problems(fake_report):
+    page = (fake_report.folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES)
     assert 'src="http' not in page and "<script" not in page
     assert "Invalid learning rate" in page and "cannot split its last stage" in page
     assert "traceback: meta_arch=ssd,extractor=mobilenet_v1,train.optimizer.lr=-1" in page
     assert ENV["device_name"] in page and ENV["torch_version"] in page
     assert "Timing protocol" in page and "warm-up" in page
+    # The one job with a data warning (report_fakes.DATA_WARNING), in its own section.
+    warnings = page[page.index("<h2>Data warnings</h2>") : page.index("<h2>Device and software")]
+    assert DATA_WARNING in html.unescape(warnings) and "extractor.output_stride=8" in warnings
 
 
 def test_figures_need_their_axis_to_vary(tmp_path):

@@ -17,9 +17,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from report_fakes import make_fake_sweep
 
-from benchmark.report import FIGURES, write_report
+from benchmark.report import FIGURES
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -91,11 +90,10 @@ def run_chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
-def test_report_figures_load_in_chromium(chromium, tmp_path):
-    sweep = make_fake_sweep(tmp_path / "paper")
-    write_report(sweep)
+def test_report_figures_load_in_chromium(chromium, tmp_path, fake_report):
+    sweep = fake_report.folder
     page = (sweep / "report.html").read_text()
-    probe_page = sweep / "probe.html"
+    probe_page = tmp_path / "probe.html"  # the page is self-contained: it works anywhere
     probe_page.write_text(page.replace("</body>", PROBE + "</body>"))
 
     done = run_chromium(

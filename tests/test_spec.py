@@ -61,7 +61,7 @@ def test_recipe_survives_pickling_and_builds_the_configured_detector():
     torch.manual_seed(0)
     expected = instantiate(cfg.meta_arch, extractor=instantiate(cfg.extractor), num_classes=3)
     assert type(built) is type(expected) and built.num_classes == 3
-    assert built.anchor_sizes == expected.anchor_sizes  # 256 * 96 / 600 per scale
+    assert built.rpn.anchor_sizes == expected.rpn.anchor_sizes  # 256 * 96 / 600 per scale
     state, ref = built.state_dict(), expected.state_dict()
     assert state.keys() == ref.keys()
     assert all(torch.equal(state[k], ref[k]) for k in ref)

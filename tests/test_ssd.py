@@ -75,6 +75,7 @@ def test_eval_output_schema(ssd):
         assert (d["scores"][:-1] >= d["scores"][1:]).all()  # sorted by score
 
 
+@pytest.mark.slow  # end to end: trains a ResNet-18 SSD for 8 steps
 def test_learns_a_single_image():
     """A few steps on one image must reduce the loss: the targets and the head line up."""
     torch.manual_seed(0)

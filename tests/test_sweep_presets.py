@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-import benchmark.app  # noqa: F401  (registers the detbench_job_dir resolver)
-
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 PRESETS = sorted(p.stem for p in (SWEEPS / "sweep").glob("*.yaml"))
 GROUPS = ("meta_arch", "extractor", "neck", "data", "train", "bench")

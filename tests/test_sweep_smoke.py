@@ -7,8 +7,8 @@ results folder, and the tests check what each left behind:
 2. resumed: the same command completes the sweep without re-running the finished job;
 3. re-run: everything is done, so every job is skipped and nothing is re-written;
 4. failing: ``train.optimizer.lr=-1,0.05`` on one detector: the first job fails inside the
-   job (SGD rejects the learning rate), the second still trains, and the command exits 1
-   with a summary line naming the failure, after the report is written.
+   job (its settings check names the learning rate), the second still trains, and the
+   command exits 1 with a summary line naming the failure, after the report is written.
 
 Then the table, every report file, the schema documentation and the notebook are checked
 on the result.
@@ -164,8 +164,12 @@ def test_resumed_sweep_completes_without_redoing_finished_jobs(smoke):
     for job, mtime in smoke.finished_first.items():
         assert smoke.after_resume[job] == mtime, f"{job} was run again"
     assert smoke.resumed.output.count("already has an ok result") == len(smoke.finished_first)
+    # mobilenet_v3_small works under every meta-architecture: each of the five must train,
+    # evaluate and measure (a skipped or failed two-stage job is a broken config, not a pass).
     statuses = {job: r["status"] for job, r in _results(smoke.sweep).items() if job in SMOKE_JOBS}
-    assert set(statuses.values()) <= {"ok", "skipped"}, statuses
+    assert statuses == dict.fromkeys(SMOKE_JOBS, "ok"), {
+        job: r["error"] for job, r in _results(smoke.sweep).items() if r["status"] != "ok"
+    }
 
 
 def test_rerun_skips_every_finished_job(smoke):
@@ -185,14 +189,14 @@ def test_failing_job_is_recorded_and_the_others_finish(smoke):
     finished = [j for j in results if "lr=0.05" in j]
     assert len(failed) == 1 and len(finished) == 1, sorted(results)
     bad = results[failed[0]]
-    assert bad["status"] == "failed" and "learning rate" in bad["error"].lower()
-    assert "Traceback" in (smoke.sweep / failed[0] / "traceback.txt").read_text()
+    assert bad["status"] == "failed"
+    assert bad["error"] == "SettingsError: train.optimizer.lr must be > 0, got -1"
     assert results[finished[0]]["status"] == "ok"
     # The summary line comes after every job ran and the report was written.
     assert "1 job(s) failed in this run" in run.output
     assert run.output.rindex("1 job(s) failed") > run.output.rindex("lr=0.05")
     page = (smoke.sweep / "report.html").read_text()
-    assert failed[0] in page and "learning rate" in page.lower()
+    assert failed[0] in page and "SettingsError: train.optimizer.lr" in page
 
 
 def test_results_table_and_report_files(smoke):
@@ -205,9 +209,7 @@ def test_results_table_and_report_files(smoke):
     assert len(table) == len(SMOKE_JOBS) + 2  # + the failing run's two jobs
     assert set(table["job"]) >= SMOKE_JOBS
     ok = table[table["status"] == "ok"]
-    assert set(ok["meta_arch"]) | set(table.loc[table["status"] == "skipped", "meta_arch"]) >= set(
-        META_ARCHS
-    )
+    assert set(ok.loc[ok["job"].isin(SMOKE_JOBS), "meta_arch"]) == set(META_ARCHS)
     for column in ("map", "map_50", "latency_ms", "gmacs", "peak_mem_mb", "params"):
         assert ok[column].notna().all(), column
     assert (ok["latency_ms"] > 0).all() and (ok["gmacs"] > 0).all()
@@ -220,7 +222,8 @@ def test_results_table_and_report_files(smoke):
 
 def test_every_result_key_is_documented(smoke):
     readme = (REPO / "results" / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([a-z0-9_]+)`", readme, re.M))
+    first_cells = re.findall(r"^\|([^|]*)\|", readme, re.M)  # a row may name several keys
+    documented = {k for cell in first_cells for k in re.findall(r"`([a-z0-9_]+)`", cell)}
     keys = set()
     for result in _results(smoke.sweep).values():
         keys |= set(result)
@@ -243,10 +246,9 @@ def test_report_cli_console_script(smoke, tmp_path):
 
 
 def test_notebook_runs_on_the_smoke_sweep(smoke, monkeypatch):
-    nbformat = pytest.importorskip(
-        "nbformat", reason="pip install -e '.[dev]' for the notebook test"
-    )
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient  # dev extras (pyproject.toml): a missing one is a failure, not a skip
+    import nbformat
+
     notebook = nbformat.read(REPO / "notebooks" / "tradeoffs.ipynb", as_version=4)
     monkeypatch.setenv("DETBENCH_SWEEP", str(smoke.sweep))  # the kernel inherits it
     nbclient.NotebookClient(

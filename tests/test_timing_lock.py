@@ -1,14 +1,16 @@
 """Exclusive timing (benchmark/timing_lock.py): concurrent jobs never measure at once.
 
 Two levels: the lock itself between processes, and two real ``detbench`` jobs started
-together (profile-only, tiny) whose recorded measurement intervals must not overlap. To make
-the jobs really contend (not just start at different times), the test holds the lock until
-both jobs are waiting for it.
+together (profile-only, tiny) whose recorded measurement intervals must not overlap. Both are
+ordered by events rather than by sleeps: a process (or job) is let go only after it has
+reported that it found the lock taken, so they really contend, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -25,11 +27,43 @@ from benchmark.timing_lock import WorkGate, exclusive_device, lock_path, timing_
 CPU = Device.from_spec("cpu")
 
 
-def _hold(lock_dir: str, seconds: float, queue) -> None:
+def _hold(lock_dir: str, acquired, release, queue) -> None:
+    """Take the lock, say so, and keep it until the parent says release."""
     with exclusive_device(CPU, lock_dir) as info:
-        start = time.time()
-        time.sleep(seconds)
-        queue.put((start, time.time(), info.wait_seconds))
+        acquired.set()
+        release.wait(120)
+        queue.put(("first", info.wait_seconds, info.started_at, time.time()))
+
+
+class _OnWaiting(logging.Handler):
+    """Sets ``event`` when exclusive_device reports that it found the lock taken."""
+
+    def __init__(self, event):
+        super().__init__()
+        self.event = event
+
+    def emit(self, record):
+        if "waiting for the timing lock" in record.getMessage():
+            self.event.set()
+
+
+def _contend(lock_dir: str, waiting, queue) -> None:
+    logger = logging.getLogger("benchmark.timing_lock")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_OnWaiting(waiting))
+    with exclusive_device(CPU, lock_dir) as info:
+        queue.put(("second", info.wait_seconds, info.started_at, time.time()))
+
+
+def _is_free(path: Path) -> bool:
+    """Whether this process could take the flock right now (released at once)."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
 
 
 def _disjoint(intervals) -> bool:
@@ -38,16 +72,29 @@ def _disjoint(intervals) -> bool:
 
 
 def test_two_processes_hold_the_lock_one_at_a_time(tmp_path):
+    """Ordered by events, not by sleeps: the second process is let go only once it has
+    reported that it found the lock taken, so a slow fork cannot make it pass or fail."""
     ctx = multiprocessing.get_context("fork")
+    acquired, release, waiting = ctx.Event(), ctx.Event(), ctx.Event()
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_hold, args=(str(tmp_path), 0.4, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    got = [queue.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    assert _disjoint([(s, e) for s, e, _ in got])
-    assert max(w for _, _, w in got) >= 0.3  # the second one waited for the first
+    first = ctx.Process(target=_hold, args=(str(tmp_path), acquired, release, queue))
+    first.start()
+    try:
+        assert acquired.wait(60), "the first process never got the lock"
+        assert not _is_free(lock_path(CPU, tmp_path))  # held across processes
+        second = ctx.Process(target=_contend, args=(str(tmp_path), waiting, queue))
+        second.start()
+        assert waiting.wait(60), "the second process did not find the lock taken"
+        assert queue.empty()  # still blocked: neither has finished its block
+    finally:
+        release.set()
+    got = {name: rest for name, *rest in (queue.get(timeout=60), queue.get(timeout=60))}
+    for p in (first, second):
+        p.join(timeout=60)
+    first_end, (second_wait, second_start) = got["first"][2], got["second"][:2]
+    assert second_start >= first_end  # it got in only after the first let go
+    assert second_wait > 0
+    assert _is_free(lock_path(CPU, tmp_path))
 
 
 def test_lock_info_and_disabled_lock(tmp_path):

@@ -1,5 +1,6 @@
 """Faster R-CNN and R-FCN: training steps over two extractor families, eval schema, the
-FLOP hook (Figure 6 of Huang et al.), output stride, heads, OHEM, configs, skipped builds."""
+FLOP hook (Figure 6 of Huang et al.), output stride, the last stage at stride 1 on the crops,
+heads, OHEM, configs, skipped builds."""
 
 from functools import partial
 
@@ -9,17 +10,19 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
 
-import benchmark.app  # noqa: F401  (registers the detbench_job_dir resolver)
 from benchmark.measure.flops import count_predict
 from models.errors import IncompatibleConfigError
 from models.extractors.base import FeatureExtractor, FeatureInfo, LastStage
 from models.extractors.sequential import SequentialExtractor
 from models.extractors.timm_extractor import TimmExtractor
 from models.heads.box_classifier import BoxClassifier
+from models.heads.box_head import BoxHead, OHEMBoxHead
 from models.heads.rfcn import PSRoIHead
+from models.heads.rpn import RPN
 from models.meta_arch.two_stage import RFCN, FasterRCNN
 
-SMALL = {"image_size": 96, "num_proposals": 20, "num_proposals_train": 30, "rpn_pre_nms_topk": 200}
+RPN96 = partial(RPN, image_size=96, pre_nms_topk=200)
+SMALL = {"rpn": RPN96, "num_proposals": 20, "num_proposals_train": 30}
 
 
 class ToyExtractor(FeatureExtractor):
@@ -66,7 +69,7 @@ def _build(arch, model_name, **kw):
     return FasterRCNN(
         extractor=TimmExtractor(model_name=model_name),
         num_classes=3,
-        box_batch_size=16,
+        box_head=partial(BoxHead, batch_size=16),
         **SMALL,
         **kw,
     )
@@ -124,12 +127,12 @@ def test_eval_output_schema(resnet_model):
 
 def test_anchor_count_and_sizes(resnet_model):
     model = resnet_model
-    assert model.anchors_per_location == 12
+    assert model.rpn.anchors_per_location == 12
     assert model.num_anchors((96, 96)) == 6 * 6 * 12
     out = model.eval().predict(model.preprocess(torch.rand(1, 3, 96, 96)).tensor)
     assert out["anchors"].shape == (model.num_anchors((96, 96)), 4)
     # Base size 256 * 96 / 600: the smallest anchor suits a 96 px image.
-    assert model.anchor_sizes[0] == pytest.approx(0.25 * 256 * 96 / 600)
+    assert model.rpn.anchor_sizes[0] == pytest.approx(0.25 * 256 * 96 / 600)
 
 
 def test_fixed_proposal_mode_runs_exactly_num_proposals(resnet_model):
@@ -172,6 +175,7 @@ def test_output_stride_8_map_and_cost(arch):
         )
     m8 = models[8]
     assert m8.rpn_info.stride == 8 and m8.crop_info.stride == 8 and m8.size_divisible == 8
+    assert m8.output_stride == 8 and models[16].output_stride == 16
     out = m8.eval().predict(m8.preprocess(torch.rand(1, 3, 96, 96)).tensor)
     assert out["rpn_logits"].shape[1] == 12 * 12 * 12  # 96 / 8 = 12 cells per side
     # Dilating conv4 quadruples the trunk's last stage and the RPN; the per-RoI part is equal.
@@ -214,7 +218,9 @@ def test_ps_roi_head_shapes_and_voting(agnostic):
 
 
 def test_ohem_keeps_the_hardest_rois_per_image():
-    model = RFCN(extractor=ToyExtractor(), num_classes=2, ohem_rois=2, image_size=96)
+    model = RFCN(
+        extractor=ToyExtractor(), num_classes=2, box_head=partial(OHEMBoxHead, ohem_rois=2)
+    )
     # Five RoIs of image 0, three of image 1, all background; CE grows with the logit of class 1.
     hard = torch.tensor([0.0, 3.0, 1.0, 4.0, 2.0, 5.0, 0.0, 1.0])
     logits = torch.stack([torch.zeros(8), hard, torch.zeros(8)], dim=1)
@@ -228,18 +234,24 @@ def test_ohem_keeps_the_hardest_rois_per_image():
     ce = torch.nn.functional.cross_entropy(
         logits, torch.zeros(8, dtype=torch.int64), reduction="none"
     )
-    loss_cls, loss_box = model.box_loss(outputs)
+    losses = model.box_head.loss(outputs)
     expected = (ce[3] + ce[1] + ce[5] + ce[7]) / 4  # top 2 of each image
-    assert float(loss_cls) == pytest.approx(float(expected)) and float(loss_box) == 0.0
-    model.ohem_rois = None
-    assert float(model.box_loss(outputs)[0]) == pytest.approx(float(ce.mean()))
+    assert float(losses["loss_cls"]) == pytest.approx(float(expected))
+    assert float(losses["loss_box"]) == 0.0
+    model.box_head.ohem_rois = None
+    assert float(model.box_head.loss(outputs)["loss_cls"]) == pytest.approx(float(ce.mean()))
 
 
 def test_ohem_training_step_backprops_the_kept_rois_with_the_full_set_gradients(monkeypatch):
     """R-FCN's training predict scores every RoI without gradient and re-pools only the kept
     ones: loss and gradients must equal OHEM over the full, differentiable set."""
     torch.manual_seed(0)
-    model = RFCN(extractor=ToyExtractor(), num_classes=3, ohem_rois=4, image_size=96).train()
+    model = RFCN(
+        extractor=ToyExtractor(),
+        num_classes=3,
+        rpn=RPN96,
+        box_head=partial(OHEMBoxHead, ohem_rois=4),
+    ).train()
     images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
 
     def step():
@@ -253,7 +265,7 @@ def test_ohem_training_step_backprops_the_kept_rois_with_the_full_set_gradients(
 
     fast_out, fast, fast_grads = step()
     assert "ohem_selected" in fast_out and len(fast_out["rois"]) <= 2 * 4
-    monkeypatch.setattr(RFCN, "second_stage", FasterRCNN.second_stage)  # all RoIs with grad
+    monkeypatch.setattr(OHEMBoxHead, "forward", BoxHead.forward)  # all RoIs with grad
     full_out, full, full_grads = step()
     assert len(full_out["rois"]) > len(fast_out["rois"])
     for k in full:
@@ -263,16 +275,16 @@ def test_ohem_training_step_backprops_the_kept_rois_with_the_full_set_gradients(
         assert torch.allclose(fast_grads[n], g, atol=1e-6, rtol=1e-4), n
 
 
-@pytest.mark.parametrize("kw", [{"box_batch_size": 0}, {"box_positive_fraction": 0.0}])
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"positive_fraction": 0.0}])
 def test_bad_second_stage_minibatch_is_a_clear_error(kw):
     with pytest.raises(ValueError, match="second_stage_batch_size"):
-        FasterRCNN(extractor=ToyExtractor(), num_classes=2, image_size=96, **kw)
+        FasterRCNN(extractor=ToyExtractor(), num_classes=2, box_head=partial(BoxHead, **kw))
 
 
 def test_toy_extractor_two_stage_end_to_end():
     """Any splittable extractor works; crop size comes from the split (17 here)."""
     for arch in (FasterRCNN, RFCN):
-        model = arch(extractor=ToyExtractor(), num_classes=3, image_size=96, num_proposals=5)
+        model = arch(extractor=ToyExtractor(), num_classes=3, rpn=RPN96, num_proposals=5)
         model.train()
         losses = model([torch.rand(3, 96, 96)], _targets()[:1])
         assert torch.isfinite(sum(losses.values()))
@@ -296,8 +308,21 @@ def test_sweep_config_builds(name):
     model = instantiate(cfg.meta_arch, extractor=ToyExtractor(), num_classes=2)
     assert type(model) is (FasterRCNN if name == "faster_rcnn" else RFCN)
     assert model.resize_mode == "shorter_side" and model.num_proposals == 300
-    assert isinstance(model.box_head, BoxClassifier if name == "faster_rcnn" else PSRoIHead)
-    assert model.anchor_sizes[2] == pytest.approx(256 * 96 / 600)
+    head = model.box_head
+    assert type(head) is (BoxHead if name == "faster_rcnn" else OHEMBoxHead)
+    assert isinstance(head.classifier, BoxClassifier if name == "faster_rcnn" else PSRoIHead)
+    assert model.rpn.anchor_sizes[2] == pytest.approx(256 * 96 / 600)
+    # The YAML states only what differs from the classes: the paper's settings come from them.
+    assert (model.rpn.batch_size, model.rpn.nms_threshold, model.rpn.pre_nms_topk) == (
+        256,
+        0.7,
+        1000,
+    )
+    if name == "faster_rcnn":
+        assert (head.batch_size, head.positive_fraction) == (64, 0.25)  # train.second_stage_...
+        assert head.classifier.crop_size == 17  # the toy extractor's split says 17
+    else:
+        assert (head.classifier.bins, head.crop_size, head.ohem_rois) == (7, 21, 128)
 
 
 def test_partial_head_factory_options():
@@ -306,4 +331,33 @@ def test_partial_head_factory_options():
         num_classes=2,
         box_classifier=partial(BoxClassifier, crop_size=7, crop_pool_kernel=1),
     )
-    assert model.box_head.crop_size == 7 and model.box_head.pool_kernel == 1
+    head = model.box_head.classifier
+    assert model.crop_size == head.crop_size == 7 and head.pool_kernel == 1
+
+
+def test_last_stage_at_stride_1_on_the_crops_costs_what_the_hand_count_says():
+    """Huang et al.'s conv5_1 at stride 1: ResNet-18's layer4 on the 7x7 (pooled) crop keeps
+    7x7 instead of 4x4. Per RoI that adds (49 - 16) output positions of every layer4
+    convolution: 3x3 256->512, three 3x3 512->512 and the 1x1 256->512 shortcut."""
+    cheap = _build(FasterRCNN, "resnet18")
+    paper = _build(FasterRCNN, "resnet18", box_classifier=partial(BoxClassifier, stage_stride=1))
+    paper.load_state_dict(cheap.state_dict())  # same weights: the re-strided copy has no new ones
+    assert paper.box_head.classifier.stage_stride == 1
+    split = cheap.box_head.classifier
+    crops = torch.rand(2, 256, 7, 7)
+    assert split.stage(crops).shape[-2:] == (4, 4)
+    assert paper.box_head.classifier.stage(crops).shape[-2:] == (7, 7)
+    per_position = 256 * 512 * 9 + 3 * 512 * 512 * 9 + 256 * 512
+    n = 12
+    extra = _gmacs(paper, n) - _gmacs(cheap, n)
+    assert extra * 1e9 == pytest.approx(n * (49 - 16) * per_position, rel=1e-9)
+
+
+def test_stride_1_is_refused_where_the_stage_cannot_run_at_stride_1():
+    """timm's Inception v3 pools functionally in Mixed_7a: its branches would disagree."""
+    with pytest.raises(IncompatibleConfigError, match="stride 1"):
+        FasterRCNN(
+            extractor=TimmExtractor(model_name="inception_v3"),
+            num_classes=2,
+            box_classifier=partial(BoxClassifier, stage_stride=1),
+        )

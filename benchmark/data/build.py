@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from benchmark.data import checks
 from benchmark.data.coco_format import load_coco_split
 from benchmark.data.dataset import DetectionDataset
 from benchmark.data.errors import DatasetError
+from benchmark.data.image_check import check_images
 from benchmark.data.synthetic import SyntheticParams, ensure_synthetic
-from benchmark.data.transforms import build_transforms
-from benchmark.data.voc import load_voc
+from benchmark.data.transforms import build_transforms, resize_transform
+from benchmark.data.voc import default_splits, load_voc
 
 DATASETS = ("synthetic", "coco", "voc")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,8 +39,14 @@ class DetectionData:
         label_to_category_id: Contiguous label -> category id of ``val_coco``.
         name: ``"synthetic"``, ``"coco"`` or ``"voc"``.
         stats: ``{"train": counts, "val": counts}`` with counts ``images``, ``boxes``
-            (training boxes kept), ``negatives`` (images without boxes), ``clipped``
-            and ``dropped`` (``{"degenerate", "outside_image", "crowd"}``: not in targets).
+            (target boxes kept), ``negatives`` (images without boxes), ``clipped``
+            and ``dropped`` (``{"degenerate", "outside_image", "crowd",
+            "degenerate_after_resize"}``: not in targets; in the val split, crowd and
+            ``degenerate_after_resize`` boxes stay in ``val_coco``, see
+            :mod:`benchmark.data.checks`).
+        warnings: Problems that leave the numbers valid but worth a look (a class with
+            validation boxes only, validation boxes below 1 px at the input size); the job
+            records them as ``data_warnings``.
     """
 
     train: Dataset
@@ -45,6 +56,7 @@ class DetectionData:
     label_to_category_id: list[int]
     name: str
     stats: dict
+    warnings: list[str] = field(default_factory=list)
 
 
 def build_data(
@@ -55,8 +67,14 @@ def build_data(
     max_size: int | None = None,
     augment: bool = False,
     cache_dir: str | None = None,
+    progress: bool = True,
 ) -> DetectionData:
     """Parse and validate a dataset up front and wrap it in transformed datasets.
+
+    Validation, all before the first training step: the annotations (parsed by the
+    format's loader), every image file (decoded, size and mode checked, cached:
+    :mod:`benchmark.data.image_check`), and the splits as a whole (a trainable box, a box
+    to evaluate against, classes without training boxes: :mod:`benchmark.data.checks`).
 
     Args:
         cfg_data: The ``data`` config node (DictConfig or dict). ``name`` selects the
@@ -65,7 +83,9 @@ def build_data(
         image_size: ``M``: square side, or shorter side.
         max_size: Longer-side cap for ``shorter_side`` (None: ``round(1024/600*M)``).
         augment: SSD augmentation on the training split.
-        cache_dir: Base folder for generated data (synthetic), below ``data.root``.
+        cache_dir: Base folder for generated data (synthetic), below ``data.root``, and
+            for the image-check cache (None: ``$DETBENCH_CACHE`` or ``~/.cache/detbench``).
+        progress: Show a progress bar while images are checked.
 
     Returns:
         The :class:`DetectionData`.
@@ -101,6 +121,10 @@ def build_data(
             splits["train"],
             splits["val"],
         )
+        lists = default_splits(_required(cfg, "root"), cfg.get("train_split"), cfg.get("val_split"))
+        sources = [
+            os.path.join(_required(cfg, "root"), "ImageSets", "Main", f"{n}.txt") for n in lists
+        ]
     else:
         if name == "synthetic":
             paths = ensure_synthetic(SyntheticParams.from_config(cfg), cfg.get("root"), cache_dir)
@@ -115,6 +139,22 @@ def build_data(
         val_records, val_coco, val_stats, _ = load_coco_split(
             "val", paths["val_images"], paths["val_annotations"], categories
         )
+        sources = [paths["train_annotations"], paths["val_annotations"]]
+
+    train_source, val_source = (os.path.abspath(os.path.expanduser(s)) for s in sources)
+    warnings = _check_splits(
+        (train_records, train_stats, train_source),
+        (val_records, val_stats, val_source),
+        val_coco,
+        categories,
+        resize_transform(resize_mode, image_size, max_size),
+    )
+    # The costliest check last: every image decoded (or found in the cache).
+    for split, records, source in (
+        ("train", train_records, train_source),
+        ("val", val_records, val_source),
+    ):
+        check_images(records, split=split, source=source, cache_dir=cache_dir, progress=progress)
 
     return DetectionData(
         train=DetectionDataset(train_records, train_tf),
@@ -124,7 +164,42 @@ def build_data(
         label_to_category_id=[c["id"] for c in categories],
         name=name,
         stats={"train": train_stats, "val": val_stats},
+        warnings=warnings,
     )
+
+
+def _check_splits(train, val, val_coco: COCO, categories: list[dict], resize) -> list[str]:
+    """Count resize drops into the stats, raise for unusable splits, return the warnings.
+
+    ``train`` and ``val`` are ``(records, stats, source)``; the stats are updated in place.
+    """
+    warnings = []
+    for split, (records, stats, source) in (("train", train), ("val", val)):
+        dropped, emptied, examples = checks.count_resize_drops(records, resize)
+        stats["dropped"][checks.DROP_RESIZE] = dropped
+        stats["boxes"] -= dropped
+        stats["negatives"] += emptied
+        if dropped:
+            where = f"{source}, e.g. {', '.join(examples)}"
+            if split == "train":
+                log.warning(
+                    "%s: %d training boxes are below 1 px at the model's input size and are "
+                    "dropped from the targets",
+                    where,
+                    dropped,
+                )
+            else:
+                warnings.append(
+                    f"{dropped} val boxes are below 1 px at the model's input size ({where}): "
+                    "they stay in the COCO ground truth at original resolution and count as "
+                    "misses unless detected"
+                )
+    checks.check_trainable(train[1], train[2])
+    checks.check_val_boxes(val_coco, val[1], val[2])
+    warnings += checks.val_only_classes(train[0], val_coco, categories, val[2])
+    for w in warnings:
+        log.warning("data: %s", w)
+    return warnings
 
 
 def _to_dict(cfg_data: Any) -> dict:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 
-from benchmark.data.errors import DatasetError
+from benchmark.data.images import load_rgb
 from benchmark.data.records import ImageRecord
 
 
@@ -39,24 +39,17 @@ class DetectionDataset(Dataset):
         return len(self.records)
 
     def load_image(self, index: int) -> Image.Image:
-        """The original RGB image of item ``index``, decoded and checked against its record.
+        """The original image of item ``index`` as 8-bit RGB, checked against its record.
+
+        :func:`benchmark.data.build_data` checked every file already; this checks again
+        because a file may change (or break) while a job runs.
 
         Raises:
-            DatasetError: The file cannot be decoded or its size differs from the annotation.
+            DatasetError: The file cannot be decoded, its size differs from the annotation,
+                or its mode is not supported (:func:`benchmark.data.images.to_rgb`).
         """
         rec = self.records[index]
-        try:
-            with Image.open(rec.path) as im:
-                image = im.convert("RGB")  # also forces the decode inside the try
-        except (OSError, UnidentifiedImageError) as e:
-            raise DatasetError(f"{rec.path}: unreadable image: {e}") from e
-        if image.size != (rec.width, rec.height):
-            # Boxes are in the annotated frame: a different size would silently misplace them.
-            raise DatasetError(
-                f"{rec.path}: image is {image.size[0]}x{image.size[1]} but annotated as "
-                f"{rec.width}x{rec.height}"
-            )
-        return image
+        return load_rgb(rec.path, rec.width, rec.height)
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict]:
         rec = self.records[index]

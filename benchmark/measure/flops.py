@@ -6,6 +6,10 @@ RoIAlign and PS-RoIAlign, whose formulas are registered here. Element-wise opera
 normalization, activations, pooling, resizing and NMS are not counted. ``FlopCounterMode``
 reports FLOPs = 2 x MACs for every formula, so ``gmacs = flops / 2 / 1e9``.
 
+``gmacs_conv`` is the convolutions alone (``aten.convolution``): the part of the count that
+does not depend on how many RoIs reach a linear box head, and what torchvision's published
+``_ops`` are for its MobileNet Faster R-CNNs (docs/measurement.md, "Cross-check").
+
 Two-stage hook (the contract for ``models/meta_arch/two_stage.py``). A detector whose
 second stage runs a data-dependent number of RoIs defines:
 
@@ -178,6 +182,13 @@ def _register_roi_formulas() -> None:
 _register_roi_formulas()
 
 
+def _is_convolution(op_name: str) -> bool:
+    """``aten.convolution`` (what every ``nn.Conv*`` and ``F.conv*`` dispatches to), its
+    variants ``aten._convolution``, ``aten.conv2d``...; not ``conv_tbc`` or the backward."""
+    name = op_name.split(".", 1)[-1].split(".", 1)[0].lstrip("_")
+    return name in ("convolution", "conv1d", "conv2d", "conv3d", "conv_transpose2d")
+
+
 def _is_contraction(op_name: str) -> bool:
     """``aten._slow_conv2d_forward`` -> True; ``aten.add`` / ``prims.convert_element_type`` -> False."""
     name = op_name.split(".", 1)[-1].split(".", 1)[0]
@@ -209,6 +220,7 @@ class FlopReport:
     Attributes:
         gmacs: multiply-adds / 1e9.
         by_op: GMACs per operator (``aten.convolution``, ``torchvision.roi_align``...).
+        gmacs_conv: the convolutions' share of ``gmacs`` (``aten.convolution``).
         uncounted_ops: contraction-like operators that ran but have no formula (their
             cost is missing from ``gmacs``); empty when the count is complete.
         num_proposals: RoIs per image the count was made at (two-stage hook), else None.
@@ -218,6 +230,10 @@ class FlopReport:
     by_op: dict[str, float] = field(default_factory=dict)
     uncounted_ops: list[str] = field(default_factory=list)
     num_proposals: int | None = None
+
+    @property
+    def gmacs_conv(self) -> float:
+        return sum(v for op, v in self.by_op.items() if _is_convolution(op))
 
 
 def _count(fn, *args) -> FlopReport:
@@ -261,9 +277,12 @@ def count_forward(model: nn.Module, images: list[Tensor]) -> FlopReport:
 def flop_keys(report: FlopReport | None) -> dict[str, Any]:
     """The result keys (all None when FLOPs were not counted)."""
     if report is None:
-        return dict.fromkeys(("gmacs", "gmacs_by_op", "flops_uncounted_ops", "flops_num_proposals"))
+        return dict.fromkeys(
+            ("gmacs", "gmacs_conv", "gmacs_by_op", "flops_uncounted_ops", "flops_num_proposals")
+        )
     return {
         "gmacs": report.gmacs if math.isfinite(report.gmacs) else None,
+        "gmacs_conv": report.gmacs_conv if math.isfinite(report.gmacs_conv) else None,
         "gmacs_by_op": report.by_op,
         "flops_uncounted_ops": report.uncounted_ops,
         "flops_num_proposals": report.num_proposals,

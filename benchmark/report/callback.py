@@ -8,8 +8,11 @@ covers the whole sweep folder (earlier runs of the same sweep included).
 Jobs never raise (``benchmark.job.run_job`` records failures in result.json), so Hydra itself
 would exit 0 after a sweep with failed jobs. The callback counts the failed result.json files
 written during this multirun (by modification time: a finished job from an earlier run is
-not re-written, a failed one is re-run and re-written) and ``benchmark.app.main`` turns that
-count into the exit status, after the report is on disk.
+not re-written, a failed one is re-run and re-written), and the jobs refused because their
+folder holds another configuration's work (they write no result.json, only ``refused.json``
+beside the folder's own files), and ``benchmark.app.main`` turns that count into the exit
+status, after the report is on disk. Files work whatever the launcher (jobs may run in other
+processes or on other machines).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ class SweepReport(Callback):
     """Writes ``<sweep dir>/report.html`` and friends at the end of every multirun.
 
     Attributes:
-        last_failed: failed jobs of the latest multirun in this process (None before one
-            ended); ``-1`` when the report itself could not be written.
+        last_failed: failed and refused jobs of the latest multirun in this process (None
+            before one ended); ``-1`` when the report itself could not be written.
     """
 
     last_failed: int | None = None
@@ -50,7 +53,8 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         failed_now = failed_since(sweep_dir, self._start)
-        type(self).last_failed = len(failed_now)
+        refused_now = refused_since(sweep_dir, self._start)
+        type(self).last_failed = len(failed_now) + len(refused_now)
         if self.enabled:
             from benchmark.report.writer import write_report  # matplotlib only when needed
 
@@ -72,6 +76,14 @@ class SweepReport(Callback):
                 len(failed_now),
                 ", ".join(str(p.relative_to(sweep_dir)) for p in failed_now),
             )
+        if refused_now:
+            log.error(
+                "detbench: %d job(s) refused in this run: their folder holds another "
+                "configuration's result or checkpoint (see refused.json in each; force=true "
+                "replaces it): %s",
+                len(refused_now),
+                ", ".join(str(p.relative_to(sweep_dir)) for p in refused_now),
+            )
 
 
 def failed_since(sweep_dir: Path, since: float) -> list[Path]:
@@ -88,3 +100,20 @@ def failed_since(sweep_dir: Path, since: float) -> list[Path]:
         if fresh and (read_result(path.parent) or {}).get("status") == "failed":
             failed.append(path.parent)
     return failed
+
+
+def refused_since(sweep_dir: Path, since: float) -> list[Path]:
+    """Job folders under ``sweep_dir`` where a job was refused (``refused.json``, see
+    ``benchmark.job_folder``) after ``since`` (a ``time.time()`` value)."""
+    from benchmark.job_folder import REFUSED_FILE
+
+    refused = []
+    for path in sorted(sweep_dir.rglob(REFUSED_FILE)) if sweep_dir.is_dir() else []:
+        if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts[:-1]):
+            continue
+        try:
+            if path.stat().st_mtime >= since:
+                refused.append(path.parent)
+        except OSError:
+            continue
+    return refused

@@ -2,8 +2,8 @@
 
 It can be mailed or attached to a CI run and opened anywhere, offline: no scripts, no
 external files. Sections: status counts, the critical points, the figures, the frontiers,
-every configuration, failed and skipped jobs with their errors, the device and software, and
-the timing protocol the numbers follow.
+every configuration, failed and skipped jobs with their errors, the jobs' data warnings, the
+device and software, and the timing protocol the numbers follow.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from benchmark import schema
 from benchmark.report.pareto import indistinguishable_critical_points
 from benchmark.report.protocol import Protocols, uncertainty_text
 from benchmark.report.style import device_title
+from benchmark.results import read_result
 from benchmark.schema.format import format_value
 
 CAPTIONS = {
@@ -140,6 +141,19 @@ def _problems(df: pd.DataFrame) -> str:
                 f"<pre>{html.escape(tail)}</pre></details>"
             )
     return "\n".join(parts)
+
+
+def _data_warnings(df: pd.DataFrame) -> str:
+    """Each job's ``data_warnings`` (a list in result.json, so not a table column): problems
+    with the data that leave the job ok but change what its numbers mean."""
+    rows = []
+    for _, row in df.iterrows():
+        result = read_result(str(row.get("job_dir", ""))) or {}
+        for warning in result.get("data_warnings") or []:
+            rows.append({"job": row["job"], "warning": str(warning)})
+    if not rows:
+        return "<p>No job recorded a data warning.</p>"
+    return _table(pd.DataFrame(rows))
 
 
 def _plain(value) -> str:
@@ -274,6 +288,8 @@ frontier point.</p>
 {_table(df[df["status"] == "ok"] if not df.empty else df, schema.table_columns())}
 <h2>Failed and skipped jobs</h2>
 {_problems(df) if not df.empty else "<p><em>no jobs</em></p>"}
+<h2>Data warnings</h2>
+{_data_warnings(df) if not df.empty else "<p><em>no jobs</em></p>"}
 <h2>Device and software</h2>
 {_table(_unique_values(df, schema.names(group="environment"))) if not df.empty else ""}
 <h2>Timing protocol</h2>

@@ -7,8 +7,6 @@ sweep still running or copied from another machine.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from benchmark.report.repeats import summarize_repeats
 from benchmark.report.select import SelectionError, check_choices, select_rows
 from benchmark.report.style import RC
 from benchmark.report.table import load_results
+from benchmark.results import write_text_atomic
 
 __all__ = ["FIGURES", "ReportSummary", "SelectionError", "save_figures", "write_report"]
 
@@ -93,11 +92,9 @@ class ReportSummary:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a browser or CI never sees half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write via a temp file and rename, so a browser or CI never sees half a report (the
+    file's mode follows the umask, like the figures beside it)."""
+    write_text_atomic(path, text)
 
 
 def save_figures(

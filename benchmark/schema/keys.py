@@ -42,8 +42,9 @@ _add("num_proposals", "identity", "test-time proposals per image, reported by th
      "(`meta_arch.num_proposals`); empty for detectors without proposals", unit="count",
      kind="integer", label="Number of proposals (test time)", short="proposals",
      lookup="config.meta_arch.num_proposals")
-_add("output_stride", "identity", "output stride of the extractor (`extractor.output_stride`; "
-     "8 = the atrous mode)", unit="px", kind="integer", short="stride",
+_add("output_stride", "identity", "stride of the deepest extractor map the built detector "
+     "computes (Huang et al.'s output stride: 16, or 8 in atrous mode, for the two-stage "
+     "models; read from the module; `extractor.output_stride` for older results)", unit="px", kind="integer", short="stride",
      lookup="config.extractor.output_stride")
 _add("dataset", "identity", "`data.name`", kind="text")
 _add("family", "identity", "`single-shot` or `two-stage`, declared by the model class (for "
@@ -61,8 +62,12 @@ _add("input_shape", "identity", "`[H, W]` a typical validation image has after r
      "validation images (e.g. `[600, 800]` for 640x480 photos at M = 600). `num_anchors` and "
      "the memory probes use it", unit="px", kind="list")
 _add("seed", "identity", "random seed of data order and initialization", kind="integer")
-_add("config_fingerprint", "identity", "digest of the resolved configuration: a job is "
-     "skipped only when its folder's result has the same one (issue 13)", kind="text")
+_add("config_fingerprint", "identity", "the job's identity: SHA-256 of the canonical JSON "
+     "of `config` without the keys that cannot change a number (`progress`, `force`, "
+     "`results_root`, `sweep_name`, `timing_lock`, `timing_lock_dir`, `timing_pause_work`, "
+     "`train.resume`, `train.checkpoint_every`; `benchmark/identity.py`). A job is skipped "
+     "only when its folder's result has the same one. `git_sha` is not part of it",
+     kind="text")
 _add("config", "identity", "the job's whole resolved config (Hydra's own node excluded)",
      kind="object")
 _add("checkpoint", "identity", "`train.checkpoint` when the model was loaded instead of "
@@ -165,8 +170,8 @@ _add("gmacs", "flops", "10^9 multiply-adds per image, `predict` only, counted wi
      "`FlopCounterMode` (+ RoIAlign formulas)", unit="GMACs",
      label="Multiply-adds per image (GMACs)", short="multiply-adds", cost=True, axis="gmacs",
      probe="flops", table=True, summary=True)
-_add("gmacs_conv", "flops", "the convolutions' share of `gmacs` (the count torchvision's "
-     "published `_ops` make; issue 15)", unit="GMACs", short="conv GMACs", cost=True,
+_add("gmacs_conv", "flops", "the convolutions' share of `gmacs` (`aten.convolution`): what "
+     "torchvision's published `_ops` count for its MobileNet Faster R-CNNs", unit="GMACs", short="conv GMACs", cost=True,
      probe="flops")
 _add("gmacs_extractor", "flops", "the feature extractor's share of `gmacs` (in two-stage "
      "detectors the trunk; the last stage run on crops counts as head)", unit="GMACs",
@@ -239,9 +244,15 @@ _add("cold_start_fresh_process_ms", "memory", "CPU: first inference call in a br
 # -- data and model size ----------------------------------------------------------------------
 _add("num_classes", "data", "object classes, background excluded", kind="integer")
 _add("class_names", "data", "class names in label order", kind="list")
-_add("data_stats", "data", "image and object counts of the splits", kind="object")
-_add("data_warnings", "data", "problems with the data that did not stop the job (issue 13)",
-     kind="list")
+_add("data_stats", "data", "per split (`train`, `val`): `images`, `boxes` (target boxes kept "
+     "at the model's input size), `negatives` (images without a box), `clipped` and `dropped` "
+     "by reason: `degenerate`, `outside_image`, `crowd` (COCO `iscrowd`, VOC `difficult`), "
+     "`degenerate_after_resize` (below 1 px at the input size; in `val` such boxes and crowd "
+     "ones stay in the COCO ground truth, docs/bad_input.md)", kind="object")
+_add("data_warnings", "data", "problems with the data that leave the job ok but change what "
+     "its numbers mean: a class with validation boxes but no training box, validation boxes "
+     "below 1 px at the input size; also in the report's Data warnings section. Empty list "
+     "when none", kind="list")
 _add("params", "data", "all parameters", unit="count", kind="integer", label="Parameters",
      short="parameters", cost=True, fmt="count", table=True)
 _add("params_trainable", "data", "parameters with `requires_grad`", unit="count",
@@ -249,27 +260,31 @@ _add("params_trainable", "data", "parameters with `requires_grad`", unit="count"
 _add("num_anchors", "data", "anchors / default boxes per image at `input_shape` (the "
      "\"#Boxes\" of the DSSD and RefineDet tables; RPN anchors for two-stage detectors)",
      unit="count", kind="integer", short="anchors", fmt="count", table=True)
-_add("crop_size", "data", "side of the RoI crops of the two-stage box classifier (issue 15)",
+_add("crop_size", "data", "two-stage only: side of the per-RoI crop (Faster R-CNN 14, 17 "
+     "for Inception; R-FCN bins x samples per bin, 21 or 12); null for single-shot",
      unit="px", kind="integer")
 _add("weights_mb", "data", "parameters + buffers", unit="MiB", short="weights")
 
 # -- training ------------------------------------------------------------------------------
-_add("train_iters", "training", "optimizer steps taken", unit="iterations", kind="integer",
+_add("train_iters", "training", "optimizer steps taken (all segments)", unit="iterations", kind="integer",
      short="steps", table=True)
-_add("train_seconds", "training", "training wall time", unit="s", short="training",
+_add("train_seconds", "training", "training wall time, summed over the segments of a "
+     "resumed training (null if a resumed checkpoint did not record its time)", unit="s", short="training",
      table=True)
 _add("train_paused_seconds", "training", "part of `train_seconds` spent paused while other "
      "jobs on this machine measured (`timing_pause_work`); 0 when none did", unit="s")
 _add("final_loss", "training", "total loss, mean of the last logging window", fmt="fixed3")
 _add("train_images_per_second", "training", "training throughput: images over the training "
-     "wall time, data loading included (all ranks together under DDP)", unit="images/s")
-_add("train_history", "training", "logged `(iteration, losses, lr)` records", kind="list")
-_add("resumed", "training", "training continued from a checkpoint of an interrupted run "
-     "(issue 13)", unit="bool", kind="bool")
-_add("train_segments", "training", "runs the training was split into by interruptions "
-     "(issue 13)", kind="integer")
-_add("optimizer", "training", "the optimizer trained with (`sgd`, `rmsprop`, `adamw`; "
-     "issue 15)", kind="text")
+     "wall time, data loading included (all ranks together under DDP; all segments)",
+     unit="images/s")
+_add("train_history", "training", "logged `(iteration, losses, lr)` records, from "
+     "iteration 1 on (earlier segments' records come from the checkpoint)", kind="list")
+_add("resumed", "training", "true when the training continued from the job folder's "
+     "`checkpoint.pt` (a killed or preempted job run again)", unit="bool", kind="bool")
+_add("train_segments", "training", "one `{start_iter, end_iter, seconds, images}` per "
+     "process that trained; one entry when never resumed", kind="list")
+_add("optimizer", "training", "the optimizer class trained with (`SGD`, `RMSprop`, "
+     "`AdamW`)", kind="text")
 _add("world_size", "training", "data-parallel ranks that trained the model "
      "(`train.devices`; 1 = one process)", unit="ranks", kind="integer")
 _add("dist_backend", "training", "`gloo` (CPU) or `nccl` (CUDA) when `world_size` > 1, else "
@@ -283,8 +298,9 @@ _add("lr_scale", "training", "linear scaling factor `total_batch_size / "
      "reference_batch_size` (1 with `train.lr_scaling=none`)")
 _add("effective_lr", "training", "the base learning rate trained with: `optimizer.lr` x "
      "`lr_scale` (the schedule multiplies it)")
-_add("effective_warmup_iters", "training", "linear warm-up length: `train.warmup_iters` x "
-     "`lr_scale`, rounded", unit="iterations", kind="integer")
+_add("effective_warmup_iters", "training", "warm-up length: `train.warmup_iters`, whatever "
+     "`lr_scale` (over it the rate climbs from the small-batch rate to `effective_lr`; "
+     "docs/scale_out.md)", unit="iterations", kind="integer")
 _add("sync_bn", "training", "BatchNorm during training: `off` (per-rank statistics), `sync` "
      "(SyncBatchNorm across ranks, CUDA) or `frozen` (running statistics, affine fixed); "
      "`sync` with one rank is recorded as `off`", kind="text")
@@ -344,7 +360,7 @@ _ENV = [
     ("python_version", "", "", "text"),
     ("platform", "OS and kernel", "", "text"),
     ("hostname", "machine name", "", "text"),
-    ("git_sha", "detbench commit the job ran from", "", "text"),
+    ("git_sha", "detbench commit the job ran from (code shipped to a Ray worker: the submitting checkout's, passed as `DETBENCH_GIT_SHA`)", "", "text"),
     ("cuda_version", "CUDA of the torch build", "", "text"),
     ("cudnn_version", "cuDNN of the torch build", "", "text"),
     ("cudnn_benchmark", "`torch.backends.cudnn.benchmark`", "bool", "bool"),

@@ -37,6 +37,10 @@ _VALID_PADDING_MIN_SIZE = {"inception_v3": 75, "inception_resnet_v2": 75, "incep
 
 _RESERVED_KWARGS = ("features_only", "out_indices", "num_classes")
 
+# Faster R-CNN crop side per timm architecture (Huang et al. 2017 3.6: "cropped and resized
+# to 17x17" for Inception v3 and Inception-ResNet; 14x14 for every other extractor).
+_CROP_SIZE = {"inception_v3": 17, "inception_resnet_v2": 17, "inception_v4": 17}
+
 
 class TimmExtractor(FeatureExtractor):
     """``timm.create_model(model_name, features_only=True, ...)`` with named maps.
@@ -188,7 +192,8 @@ class TimmExtractor(FeatureExtractor):
         Inception-ResNet-v2 ``mixed_6a`` + its ``block17`` repeats), and keeps the other
         requested levels up to ``c4``. ``stage`` holds the modules from there to ``c5``
         (ResNet ``layer4``, ...) and maps crops ``[R, C4, 14, 14] -> [R, C5, 7, 7]`` (6x6 for
-        the VALID-padded Inceptions; 8x8 on their 17x17 crops).
+        the VALID-padded Inceptions; 8x8 on their 17x17 crops). ``crop_size`` is the paper's:
+        17 for Inception v3 / Inception-ResNet-v2, 14 otherwise.
 
         With ``output_stride`` 16 the trunk is unchanged (``c4`` is stride 16 either way); with
         8 the trunk's ``c4`` is dilated to stride 8. The stage always runs undilated with its
@@ -226,7 +231,9 @@ class TimmExtractor(FeatureExtractor):
                 [(name, ref_steps[name]) for name, _ in steps[end4 + 1 : end5 + 1]]
             )
             stage = undilated_copy(stage, reference)
-        return LastStage(trunk=trunk, stage=stage, out_channels=self.channels["c5"])
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        crop = _CROP_SIZE.get(cfg.get("architecture", self.model_name), 14)
+        return LastStage(trunk=trunk, stage=stage, out_channels=self.channels["c5"], crop_size=crop)
 
     def extra_repr(self) -> str:
         return f"model_name={self.model_name!r}, levels={self._names}, output_stride={self.output_stride}"

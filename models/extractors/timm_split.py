@@ -1,4 +1,5 @@
-"""Slicing a timm ``features_only`` body into steps, for C4-style two-stage detectors.
+"""Slicing a timm ``features_only`` body into steps, for C4-style two-stage detectors, and
+re-striding the split-off stage (:func:`undilated_copy`, :func:`stride_one_copy`).
 
 timm wraps a backbone in one of a few feature classes. Two of them run their modules strictly
 one after the other, so they can be cut anywhere without re-implementing the backbone:
@@ -96,3 +97,33 @@ def undilated_copy(stage: nn.Sequential, reference: nn.Sequential) -> nn.Sequent
         for attr in attrs:
             setattr(module, attr, getattr(ref, attr))
     return out
+
+
+def stride_one_copy(stage: nn.Module) -> nn.Module:
+    """Copy ``stage`` with every strided convolution and pooling at stride 1.
+
+    Huang et al. 2017 (3.6) run ResNet's conv5_1 at stride 1, and the TF OD API's ResNet box
+    classifier runs block4 with stride 1 on the 7x7 crops: the crop keeps its resolution
+    through the last stage. Padding and dilation stay as they are, so a padded 3x3 / 5x5
+    convolution keeps the size; a VALID one (Inception's reduction blocks) shrinks it by
+    ``k - 1`` in every branch alike. A pooling whose kernel equals its stride only
+    down-samples (ResNet-D's average-pool shortcut) and becomes an identity. The copy leaves
+    ``stage`` untouched.
+    """
+    out = copy.deepcopy(stage)
+    for parent in list(out.modules()):
+        for name, module in list(parent.named_children()):
+            attrs = next((a for cls, a in _GEOMETRY_ATTRS.items() if isinstance(module, cls)), ())
+            if "stride" not in attrs or _pair(module.stride) == (1, 1):
+                continue
+            if isinstance(module, nn.AvgPool2d | nn.MaxPool2d) and _pair(
+                module.kernel_size
+            ) == _pair(module.stride):
+                setattr(parent, name, nn.Identity())
+            else:
+                module.stride = 1 if isinstance(module.stride, int) else (1, 1)
+    return out
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, tuple | list) else (value, value)

@@ -6,26 +6,35 @@ to 7x7, and run through the rest of the feature extractor ("C4" style: ResNet's 
 VGG-16's fc6/fc7), followed by a class-score layer (background + C classes) and a
 class-specific box-refinement layer.
 
+The last stage runs at its ImageNet strides by default (``stage_stride=None``): ResNet's
+conv5_1 at stride 2, so 14 -> 7 -> conv5 gives 4x4 before pooling. Huang et al. (3.6, and
+the TF OD API's ResNet box classifier, block4 with stride 1) run conv5_1 at stride 1, so the
+7x7 crop stays 7x7 through conv5: about 3x the MACs per RoI of the cheap variant, which is
+what makes Faster R-CNN's cost grow with the number of proposals in their Figure 6.
+``stage_stride=1`` gives the paper's (the paper presets set it for ResNet-101); the
+CPU-sized default keeps the cheap variant. The TF OD API keeps stride 2 for its other
+extractors' box classifiers (MobileNet's Conv2d_12, Inception's Mixed_5a / Mixed_7a).
+
 Deviations, and why:
     * Crops use :func:`torchvision.ops.roi_align` with ``aligned=True`` and one sample per
       output cell (``sampling_ratio=1``), which samples each cell's centre bilinearly; TF's
       crop-and-resize samples a corner-aligned grid. Same cost, half-pixel-correct geometry.
-    * The last stage keeps its stride 2 (what ``split_last_stage`` hands over), so ResNet's
-      14 -> 7 -> conv5 gives 4x4 before pooling; the TF OD API runs block4 at stride 1 (7x7).
-      Per-RoI cost is therefore 4x lower than TF's; ``crop_pool_kernel=1`` (no max-pool)
-      restores TF's per-RoI cost and output resolution (Detectron's C4 layout).
     * 17x17 crops are not max-pooled (``crop_pool_kernel`` defaults to 1 for odd crop sizes),
       as the TF OD API's Inception-ResNet configs (``maxpool_kernel_size: 1``).
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from models.errors import IncompatibleConfigError
 from models.extractors.base import LastStage
+from models.extractors.timm_split import stride_one_copy
 from models.losses import smooth_l1
 
 __all__ = ["BoxClassifier", "roi_losses"]
@@ -45,6 +54,9 @@ class BoxClassifier(nn.Module):
             crop sizes (14 -> 7, the paper) and 1 (no pooling) for odd ones (17).
         sampling_ratio: bilinear samples per crop cell and axis (1 = crop-and-resize).
         class_agnostic_boxes: one box per RoI instead of one per class.
+        stage_stride: None runs the last stage as split (its ImageNet strides, 2 for the
+            strided stages); 1 runs every strided convolution / pooling of it at stride 1
+            (Huang et al.'s ResNet: conv5_1 at stride 1 on the crops).
 
     Shapes:
         forward: ``features [B, C, H, W]``, ``rois [R, 5]`` (image index, xyxy pixels) ->
@@ -63,16 +75,22 @@ class BoxClassifier(nn.Module):
         crop_pool_kernel: int | None = None,
         sampling_ratio: int = 1,
         class_agnostic_boxes: bool = False,
+        stage_stride: int | None = None,
     ):
         super().__init__()
-        del in_channels  # same factory signature as R-FCN's head; the stage fixes its input
         self.crop_size = int(crop_size or getattr(last_stage, "crop_size", 14))
         if crop_pool_kernel is None:
             crop_pool_kernel = 2 if self.crop_size % 2 == 0 else 1
         self.pool_kernel = int(crop_pool_kernel)
         self.spatial_scale = 1.0 / stride
         self.sampling_ratio = int(sampling_ratio)
+        if stage_stride not in (None, 1):
+            raise ValueError(f"stage_stride must be None (as split) or 1, got {stage_stride!r}")
+        self.stage_stride = stage_stride
         self.stage = last_stage.stage
+        if stage_stride == 1:
+            self.stage = stride_one_copy(last_stage.stage)
+            self._check_stage(in_channels)
         self.num_box_classes = 1 if class_agnostic_boxes else num_classes
         self.cls = nn.Linear(last_stage.out_channels, num_classes + 1)
         self.box = nn.Linear(last_stage.out_channels, self.num_box_classes * 4)
@@ -81,6 +99,21 @@ class BoxClassifier(nn.Module):
         nn.init.normal_(self.box.weight, std=0.001)
         nn.init.zeros_(self.cls.bias)
         nn.init.zeros_(self.box.bias)
+
+    def _check_stage(self, in_channels: int) -> None:
+        """Run the re-strided stage on a meta-device crop: a stage whose branches no longer
+        agree (a functional pooling cannot be re-strided) is an incompatible combination."""
+        side = self.crop_size // self.pool_kernel
+        try:
+            with torch.no_grad():
+                copy.deepcopy(self.stage).to("meta")(
+                    torch.empty(1, in_channels, side, side, device="meta")
+                )
+        except RuntimeError as e:
+            raise IncompatibleConfigError(
+                f"the extractor's last stage cannot run at stride 1 on {side}x{side} crops "
+                f"(stage_stride=1): {e}"
+            ) from e
 
     def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         crops = roi_align(
@@ -99,7 +132,8 @@ class BoxClassifier(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"crop_size={self.crop_size}, pool_kernel={self.pool_kernel}, "
-            f"sampling_ratio={self.sampling_ratio}, spatial_scale={self.spatial_scale}"
+            f"stage_stride={self.stage_stride}, sampling_ratio={self.sampling_ratio}, "
+            f"spatial_scale={self.spatial_scale}"
         )
 
 

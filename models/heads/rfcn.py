@@ -36,8 +36,10 @@ class PSRoIHead(nn.Module):
         in_channels: channels of the input map (the extractor's last map).
         stride: its stride in pixels (16, or 8 in atrous mode).
         num_classes: object classes, background excluded.
-        bins: ``k``, bins per RoI side (7 for ResNet, 3 for MobileNet / Inception v2).
-        sampling_ratio: bilinear samples per bin and axis (3: 7x7 bins "resized to 21x21").
+        bins: ``k``, bins per RoI side (Huang et al.: 7 for ResNet-101 and Inception-ResNet,
+            3 for MobileNet and Inception v2).
+        sampling_ratio: bilinear samples per bin and axis (3: 7x7 bins "resized to 21x21";
+            4: 3x3 bins resized to 12x12).
         reduce_channels: width of the 1x1 reduce convolution (1024, Dai et al.); 0 or None
             skips it.
         class_agnostic_boxes: one box per RoI (Dai et al.) instead of one per class.
@@ -78,6 +80,12 @@ class PSRoIHead(nn.Module):
         if self.reduce is not None:
             nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(self.reduce.bias)
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the sampled grid per RoI: ``bins * sampling_ratio`` (Huang et al.: 7x7 bins
+        "resized to 21x21", 3x3 bins to 12x12)."""
+        return self.bins * self.sampling_ratio
 
     def score_maps(self, features: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> ``[B, k*k*(C+1 + 4*Cb), H, W]``: the once-per-image part."""

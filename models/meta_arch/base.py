@@ -210,6 +210,14 @@ class DetectionModel(nn.Module):
         ph, pw = (-h) % d, (-w) % d
         return F.pad(batch, (0, pw, 0, ph)) if ph or pw else batch
 
+    @property
+    def output_stride(self) -> int | None:
+        """Stride of the deepest extractor map the detector computes (Huang et al.'s "output
+        stride": 16, or 8 in atrous mode, for the two-stage models); None without one."""
+        extractor = getattr(self, "extractor", None)
+        info = getattr(extractor, "feature_info", None)
+        return max(f.stride for f in info) if info else None
+
     # -- steps 2-4, per family ------------------------------------------------------------
     def predict(self, images: Tensor, targets: list[Target] | None = None) -> dict[str, Tensor]:
         """Run the network. Args: images ``[B, 3, H, W]`` normalized. ``targets`` only for

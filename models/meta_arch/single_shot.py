@@ -2,9 +2,10 @@
 
 SSD follows Liu et al. 2016 as configured by Huang et al. 2017 (sections 2-3, 3.6): the
 extractor's topmost map plus one higher-resolution map, extra layers with batch norm that
-halve the resolution, multi-scale default boxes, argmax matching at IoU 0.5 after giving
-each object its best default box, 3:1 hard negative mining, softmax + smooth-L1 multibox
-loss normalized by the number of positives.
+halve the resolution, multi-scale default boxes, argmax matching at IoU 0.5 after each
+object claims its best default box (Huang et al.'s Argmax: when two objects share a best
+box, the one with the higher IoU gets it, :func:`models.matching.argmax_match`), 3:1 hard
+negative mining, softmax + smooth-L1 multibox loss normalized by the number of positives.
 
 Deviations from the papers, and why:
     * The default config (``sweeps/meta_arch/ssd.yaml``) predicts from the extractor's last
