@@ -3,9 +3,9 @@ and the architecture facts of a built detector that result.json records."""
 
 from __future__ import annotations
 
-from hydra.utils import get_class
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from benchmark.spec import ModelRecipe
@@ -50,4 +50,11 @@ def _neck_choice(cfg: DictConfig) -> str | None:
         return None
 
 
-from typing import Any
+def architecture_keys(model: DetectionModel) -> dict[str, Any]:
+    """``output_stride`` (the deepest extractor map's stride: 16 or 8 for the two-stage models
+    in Huang et al.'s sense) and ``crop_size`` (the per-RoI crop side of a two-stage model,
+    14 / 17, or R-FCN's bins x samples; None for single-shot ones), read from the module."""
+    return {
+        "output_stride": getattr(model, "output_stride", None),
+        "crop_size": getattr(model, "crop_size", None),
+    }
