@@ -29,7 +29,7 @@ from local_ray import LocalRay, ray_cli
 
 from benchmark.results import git_sha
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 META_ARCHS = ["ssd", "dssd", "refinedet", "faster_rcnn", "rfcn"]
 SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m}" for m in META_ARCHS}

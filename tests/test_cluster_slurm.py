@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from local_slurm import PARTITION, LocalSlurm, unavailable
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 META_ARCHS = ["ssd", "dssd", "refinedet", "faster_rcnn", "rfcn"]
 SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m}" for m in META_ARCHS}
