@@ -123,9 +123,9 @@ def parity_failures(keys: dict[str, Any], eager_map: float | None) -> list[str]:
         if not diff[k] <= tol[k]  # inf and nan fail too
     ]
     runtime_map = keys.get("parity_map")
-    if runtime_map is not None and eager_map is not None:
-        if not abs(runtime_map - eager_map) <= tol["map"]:
-            problems.append(
-                f"AP {runtime_map:.4f} vs eager {eager_map:.4f} (tolerance {tol['map']:.3g})"
-            )
+    both = runtime_map is not None and eager_map is not None
+    if both and not abs(runtime_map - eager_map) <= tol["map"]:
+        problems.append(
+            f"AP {runtime_map:.4f} vs eager {eager_map:.4f} (tolerance {tol['map']:.3g})"
+        )
     return problems
