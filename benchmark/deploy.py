@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
 from benchmark.device import Device
@@ -26,6 +27,7 @@ from benchmark.measure.latency import load_images
 from benchmark.measure.parity import ParityError, compare_outputs, parity_failures
 from benchmark.measure.runtime import backend_version
 from benchmark.measure.settings import BenchSettings
+from models.errors import IncompatibleConfigError
 
 __all__ = ["prepare_runtime"]
 log = logging.getLogger("detbench")
@@ -60,7 +62,16 @@ def prepare_runtime(
         ParityError: outputs or AP beyond tolerance; its ``keys`` hold the numbers.
     """
     model.eval()
+    shapes = _input_shapes(model, data.val, device)
+    if len(shapes) > settings.runtime_max_shapes:
+        raise IncompatibleConfigError(
+            f"bench.backend={settings.backend} exports one static graph per input shape and the "
+            f"validation images give {len(shapes)} shapes at batch 1 "
+            f"(bench.runtime_max_shapes={settings.runtime_max_shapes})"
+        )
     fast, notes = prepare_inference(model, settings, device, load_images(data.val, 1, device))
+    for example in shapes.values():  # every shape the job runs, exported before any timing
+        fast.predict.add_shape(example)
     keys: dict[str, Any] = {
         "backend": settings.backend,
         "backend_version": backend_version(settings.backend),
@@ -91,3 +102,14 @@ def prepare_runtime(
         keys["parity_map"],
     )
     return (fast, notes), keys
+
+
+def _input_shapes(model: nn.Module, dataset: Any, device: Device) -> dict[tuple, Any]:
+    """``{shape: one preprocessed batch of it}`` over the validation images at batch 1 (the
+    two-stage family resizes the shorter side: portrait and landscape images differ)."""
+    shapes: dict[tuple, Any] = {}
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            x = model.preprocess(load_images(dataset, 1, device, start=i)).tensor
+            shapes.setdefault(tuple(x.shape), x)
+    return shapes

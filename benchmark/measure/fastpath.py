@@ -23,8 +23,8 @@ that never change outputs beyond float tolerance are on by default (docs/measure
   ``predict``. Compilation happens on the first call; if it fails the uncompiled model is
   used and the error is recorded.
 * ``backend=onnxruntime`` (and ``onnxruntime_tensorrt``): ``predict`` of the (folded) copy
-  exported to ONNX and run by ONNX Runtime (:mod:`.runtime`). An export failure raises: a
-  runtime job never times eager in its place.
+  exported to ONNX and run by ONNX Runtime (:mod:`.runtime`), batch norms always folded
+  first. An export failure raises: a runtime job never times eager in its place.
 
 Batch norms understood: :class:`torch.nn.BatchNorm2d` (eval mode, with running statistics)
 and anything with ``weight``, ``bias``, ``running_mean``, ``running_var`` and ``eps`` whose
@@ -258,7 +258,10 @@ def prepare_inference(
 
     if settings.channels_last:
         fast.to(memory_format=torch.channels_last)
-    if settings.fold_bn:
+    # A runtime export is always folded: ONNX Runtime fuses Conv+BN in its own graph anyway,
+    # and torch.export cannot trace a batch norm over the two-stage family's per-RoI batch,
+    # whose size is data-dependent.
+    if settings.fold_bn or runtime:
         with torch.inference_mode():
             reference = predict(fast)
             n = fold_batchnorm(fast, lambda: predict(fast))

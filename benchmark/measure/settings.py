@@ -51,6 +51,7 @@ class BenchSettings:
     parity_box_atol: float = 0.05
     parity_score_atol: float = 1e-3
     parity_map_atol: float = 0.005
+    runtime_max_shapes: int = 8
     num_threads: int | None = None
     include_postprocess: bool = True
     throughput_batch_size: int = 8
