@@ -98,8 +98,9 @@ class PSRoIHead(nn.Module):
     def pool(self, maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """The per-RoI part: PS-RoIAlign of :meth:`score_maps` output, then average voting."""
         if torch.compiler.is_exporting():  # ONNX has no PS-RoIAlign: the same sums, via RoIAlign
-            votes = ps_roi_align_votes(maps, rois.to(maps.dtype), self.bins, self.spatial_scale,
-                                       self.sampling_ratio)
+            votes = ps_roi_align_votes(
+                maps, rois.to(maps.dtype), self.bins, self.spatial_scale, self.sampling_ratio
+            )
         else:
             pooled = ps_roi_align(
                 maps, rois.to(maps.dtype), self.bins, self.spatial_scale, self.sampling_ratio
@@ -146,8 +147,14 @@ def ps_roi_align_votes(
     bx, by = bx.unsqueeze(2).expand_as(sx), by.unsqueeze(2).expand_as(sy)
     index = rois[:, :1].long() * k2 + torch.arange(k2, device=rois.device)  # [R, k*k]
     sub = torch.stack(
-        [index.to(rois.dtype), sx.reshape(-1, k2), sy.reshape(-1, k2),
-         (sx + bx).reshape(-1, k2), (sy + by).reshape(-1, k2)], dim=2
+        [
+            index.to(rois.dtype),
+            sx.reshape(-1, k2),
+            sy.reshape(-1, k2),
+            (sx + bx).reshape(-1, k2),
+            (sy + by).reshape(-1, k2),
+        ],
+        dim=2,
     ).reshape(-1, 5)  # [R * k*k, 5], bin (i, j) of RoI r at row r * k*k + i * k + j
     pooled = roi_align(groups, sub, 1, spatial_scale, sampling_ratio, aligned=True)
     return pooled.reshape(rois.shape[0], k2, ch // k2).mean(dim=1)
