@@ -110,6 +110,34 @@ def test_backend_is_checked_and_part_of_identity_and_folder(tmp_path):
     assert str(eager.hydra.run.dir) != str(ort.hydra.run.dir)
 
 
+# -- the runtime on a toy detector (seconds) ---------------------------------------------------
+def test_toy_detector_runs_in_onnxruntime_with_static_shapes(one_thread):  # noqa: F811
+    from measure_toys import TinyDetector, TinyExtractor
+
+    from benchmark.measure.fastpath import prepare_inference
+    from benchmark.measure.parity import compare_outputs, parity_failures
+
+    device = Device.from_spec("cpu")
+    torch.manual_seed(0)
+    model = TinyDetector(extractor=TinyExtractor(), num_classes=3).eval()
+    images = [(torch.rand(3, 48, 64), {}) for _ in range(3)]
+    settings = BenchSettings(backend="onnxruntime", parity_images=3)
+    fast, _ = prepare_inference(model, settings, device, [images[0][0]])
+    assert fast.predict.result_keys()["runtime_providers"] == ["CPUExecutionProvider"]
+    keys = compare_outputs(model, fast, images, device, settings)
+    assert keys["parity_images"] == 3 and not parity_failures(keys, None)
+    assert 0 <= keys["parity_max_abs_diff"]["outputs"] <= 1e-4
+    with pytest.raises(ValueError, match=r"no ONNX graph for input shape \[1, 3, 64, 48\]"):
+        fast.predict(model.preprocess([torch.rand(3, 64, 48)]).tensor)
+    # a runtime that is off is caught: the same check with a shifted output
+    shifted = {**keys, "parity_max_abs_diff": {**keys["parity_max_abs_diff"], "boxes": 0.5}}
+    assert parity_failures(shifted, None) == ["boxes differ by 0.5 > 0.05"]
+    assert parity_failures(keys, eager_map=0.30) == []  # no runtime AP: nothing to compare
+    assert parity_failures({**keys, "parity_map": 0.29}, eager_map=0.30) == [
+        "AP 0.2900 vs eager 0.3000 (tolerance 0.005)"
+    ]
+
+
 # -- end to end ---------------------------------------------------------------------------------
 @pytest.mark.slow  # the export alone takes ~10 s on a 2-core CPU
 def test_onnxruntime_job_is_timed_in_the_runtime(tmp_path, monkeypatch, one_thread):  # noqa: F811
@@ -205,3 +233,26 @@ def test_report_pairs_backends_per_configuration():
     assert row["compile / eager"] == pytest.approx(0.8)
     assert row["parity_boxes_px[onnxruntime]"] == 0.01
     assert "onnxruntime" not in row["configuration"]
+
+
+# -- GPU: the CUDA and TensorRT execution providers -------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime_tensorrt"])
+def test_gpu_providers_run_the_export(backend):
+    from measure_toys import TinyDetector, TinyExtractor
+
+    from benchmark.measure.fastpath import prepare_inference
+    from benchmark.measure.parity import compare_outputs, parity_failures
+
+    provider = {"onnxruntime": "CUDAExecutionProvider"}.get(backend, "TensorrtExecutionProvider")
+    if provider not in onnxruntime.get_available_providers():
+        pytest.skip(f"this onnxruntime build has no {provider} (install onnxruntime-gpu)")
+    device = Device.from_spec("cuda")
+    torch.manual_seed(0)
+    model = TinyDetector(extractor=TinyExtractor(), num_classes=3).to(device.torch_device).eval()
+    images = [(torch.rand(3, 64, 64), {}) for _ in range(3)]
+    settings = BenchSettings(backend=backend, parity_images=3)
+    fast, _ = prepare_inference(model, settings, device, [images[0][0].cuda()])
+    assert fast.predict.result_keys()["runtime_providers"][0] == provider
+    assert not parity_failures(compare_outputs(model, fast, images, device, settings), None)
