@@ -170,12 +170,20 @@ def test_parity_failure_fails_the_job_untimed(tmp_path, monkeypatch, one_thread)
         return out
 
     monkeypatch.setattr(OnnxPredict, "__call__", shifted)
+    # One training step: the job evaluates, so the runtime's own AP is computed too.
     cfg = _cfg(
-        tmp_path, "meta_arch=ssd", "extractor=mobilenet_v3_small", "bench.backend=onnxruntime"
+        tmp_path,
+        "meta_arch=ssd",
+        "extractor=mobilenet_v3_small",
+        "bench.backend=onnxruntime",
+        "train.max_iters=1",
+        "train.batch_size=2",
+        "train.warmup_iters=0",
     )
     r = run_job(cfg, tmp_path / "job", progress=False)
     assert r["status"] == "failed" and r["error"].startswith("ParityError")
     assert r["parity_max_abs_diff"]["boxes"] > 0.05 and "boxes differ by" in r["error"]
+    assert 0.0 <= r["parity_map"] <= 1.0  # recorded with the failure
     assert r.get("latency_ms") is None and r["backend"] == "onnxruntime"
 
 

@@ -7,7 +7,9 @@ returns flat result keys; each role lives in its own module:
 * :mod:`.flops` - GMACs of ``predict`` with FlopCounterMode (+ RoIAlign formulas);
 * :mod:`.memory` - inference and training-step peaks (CUDA allocator / fresh-process RSS);
 * :mod:`.roofline` - the cached device peak and the fraction of it ``predict`` reaches;
-* :mod:`.environment` - device, libraries, threads, precision, flags.
+* :mod:`.environment` - device, libraries, threads, precision, flags;
+* :mod:`.runtime` and :mod:`.parity` - ``bench.backend``: ``predict`` exported to ONNX and
+  run by ONNX Runtime, checked against eager before it is timed (``benchmark.deploy``).
 """
 
 from __future__ import annotations
