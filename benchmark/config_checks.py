@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.identity import resolved_config
+from benchmark.measure.settings import BACKENDS
 from benchmark.train import SCHEDULES
 
 
@@ -175,6 +176,10 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("bench.num_images", integer(1)),
     ("bench.batch_size", integer(1)),
     ("bench.precision", one_of("fp32", "fp16", "bf16")),
+    ("bench.backend", one_of(*BACKENDS)),
+    ("bench.parity_images", integer(1)),
+    ("bench.parity_*_atol", number(0.0)),
+    ("bench.runtime_max_shapes", integer(1)),
     ("bench.num_threads", optional(integer(1))),
     ("bench.throughput_batch_size", integer(1)),
     ("bench.throughput_iters", integer(1)),

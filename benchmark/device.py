@@ -230,6 +230,26 @@ class Device:
             key = f"cpu-{self.name}-t{torch.get_num_threads()}"
         return "".join(c if c.isalnum() or c in "-." else "_" for c in key)
 
+    def onnx_providers(self, backend: str = "onnxruntime") -> list[tuple[str, dict[str, str]]]:
+        """ONNX Runtime execution providers for ``bench.backend`` on this device, in priority
+        order, as ``(name, options)``: the CPU provider on the CPU; CUDA (then the CPU provider
+        for the operators CUDA lacks) on a CUDA device; TensorRT first for
+        ``onnxruntime_tensorrt``, which needs CUDA.
+
+        Raises:
+            ValueError: ``onnxruntime_tensorrt`` on the CPU.
+        """
+        cpu = ("CPUExecutionProvider", {})
+        if not self.is_cuda:
+            if backend == "onnxruntime_tensorrt":
+                raise ValueError("bench.backend=onnxruntime_tensorrt needs a CUDA device")
+            return [cpu]
+        cuda = ("CUDAExecutionProvider", {"device_id": str(self.torch_device.index or 0)})
+        if backend == "onnxruntime_tensorrt":
+            trt = ("TensorrtExecutionProvider", {"device_id": cuda[1]["device_id"]})
+            return [trt, cuda, cpu]
+        return [cuda, cpu]
+
     def environment(self) -> dict[str, object]:
         """Backend versions and math flags that change speed or numerics.
 

@@ -28,6 +28,7 @@ from benchmark.bootstrap import BootstrapSettings
 from benchmark.build import architecture_keys
 from benchmark.config_checks import SettingsError, check_settings
 from benchmark.data import DatasetError, build_data
+from benchmark.deploy import prepare_runtime
 from benchmark.device import Device
 from benchmark.evaluate import ACCURACY_KEYS, evaluate
 from benchmark.identity import fingerprint, identity_config, resolved_config, result_fingerprint
@@ -39,6 +40,8 @@ from benchmark.job_folder import (
 )
 from benchmark.measure import BenchSettings, measure
 from benchmark.measure.environment import environment
+from benchmark.measure.parity import ParityError
+from benchmark.measure.settings import RUNTIME_BACKENDS
 from benchmark.recipe import TrainingRecipe
 from benchmark.results import RESULT_FILE, git_sha, read_result, write_json_atomic
 from benchmark.spec import InputSpec, ModelRecipe
@@ -212,6 +215,9 @@ def _run_and_record(
     except DatasetError as e:
         result.update(status="failed", error=f"DatasetError: {e}")
         log.error("dataset problem: %s", e)
+    except ParityError as e:  # never timed: the numbers say how far off the runtime is
+        result.update(e.keys, status="failed", error=f"ParityError: {e}")
+        log.error("%s", e)
     except Exception as e:  # a job never raises into the sweep
         if (incompatible := _incompatible(e)) is not None:  # wrapped by hydra's instantiate
             result.update(status="skipped", error=str(incompatible))
@@ -315,12 +321,34 @@ def _run(cfg: DictConfig, device: Device, out_dir: Path, progress: bool) -> dict
     else:  # profile-only job: accuracy is not measured
         metrics = dict.fromkeys(ACCURACY_KEYS)
     out.update(metrics)
+    prepared = None
+    if bench.backend in RUNTIME_BACKENDS:  # export and parity check before anything is timed
+        # Export and parity are work like evaluation: they wait while another job measures.
+        with work_gate(device, cfg) as gate, gate.unit():
+            prepared, runtime_keys = prepare_runtime(
+                model,
+                data,
+                bench,
+                device,
+                eager_map=metrics.get("map"),
+                evaluate=evaluate_now,
+                progress=progress,
+            )
+        out.update(runtime_keys)
     # Speed, FLOPs, memory, roofline (docs/measurement.md); also in profile-only jobs.
     # Under the per-device timing lock: concurrent jobs on this machine measure one at a time.
     with timing_lock(device, cfg) as lock:
         measured = measure(
-            model, data.val, bench, device, input_spec=spec, recipe=recipe, out_dir=out_dir
+            model,
+            data.val,
+            bench,
+            device,
+            input_spec=spec,
+            recipe=recipe,
+            out_dir=out_dir,
+            prepared=prepared,
         )
+    prepared = None
     out.update(measured)
     out.update(lock.result_keys())
     return out

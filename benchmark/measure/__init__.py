@@ -7,7 +7,9 @@ returns flat result keys; each role lives in its own module:
 * :mod:`.flops` - GMACs of ``predict`` with FlopCounterMode (+ RoIAlign formulas);
 * :mod:`.memory` - inference and training-step peaks (CUDA allocator / fresh-process RSS);
 * :mod:`.roofline` - the cached device peak and the fraction of it ``predict`` reaches;
-* :mod:`.environment` - device, libraries, threads, precision, flags.
+* :mod:`.environment` - device, libraries, threads, precision, flags;
+* :mod:`.runtime` and :mod:`.parity` - ``bench.backend``: ``predict`` exported to ONNX and
+  run by ONNX Runtime, checked against eager before it is timed (``benchmark.deploy``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from benchmark.measure.memory import in_process_peaks
 from benchmark.measure.memory_bound import memory_budget_mb
 from benchmark.measure.memory_fresh import fresh_process_peaks
 from benchmark.measure.roofline import device_peaks, roofline_keys
-from benchmark.measure.settings import BenchSettings
+from benchmark.measure.runtime import OnnxPredict, backend_version
+from benchmark.measure.settings import RUNTIME_BACKENDS, BenchSettings
 from benchmark.results import write_json_atomic
 from benchmark.spec import InputSpec, ModelRecipe
 
@@ -60,6 +63,7 @@ def measure(
     input_spec: InputSpec,
     recipe: ModelRecipe | None = None,
     out_dir: str | Path | None = None,
+    prepared: tuple[nn.Module, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the enabled measurements and return the flat result keys.
 
@@ -74,6 +78,9 @@ def measure(
             rebuilds from it, and the training-step probe uses its batch size (unless
             ``bench.train_batch_size``), precision and optimizer. Without it the CPU memory
             is measured in-process, the training step at batch 2 with SGD.
+        prepared: the timed copy and its notes, already prepared (a runtime backend:
+            :func:`benchmark.deploy.prepare_runtime` exported and checked it). Without it a
+            runtime backend is exported here, with no parity check.
 
     Returns:
         Keys documented in docs/measurement.md. A measurement that raises leaves its keys
@@ -100,6 +107,11 @@ def measure(
         "fold_bn_note": None,
         "compiled": False,
         "compile_error": None,
+        "backend": s.backend,
+        "backend_version": backend_version(s.backend),
+        "runtime_providers": None,
+        "runtime_threads": None,
+        "runtime_export_seconds": None,
     }
     # torchvision references ignore the configured extractor: record the backbone they run.
     if getattr(model, "reference_name", None):
@@ -123,12 +135,27 @@ def measure(
     # Latency and throughput time a copy with the inference fast paths (BN folding, compile);
     # FLOPs and memory keep the job's model.
     fast = model
-    if en.latency or en.throughput:
+    runtime = s.backend in RUNTIME_BACKENDS
+    if prepared is not None:
+        fast, notes = prepared
+        out.update(notes)
+    elif runtime and (en.latency or en.throughput):  # an export failure fails the job
+        fast, notes = prepare_inference(model, s, device, load_images(dataset, 1, device))
+        out.update(notes)
+    elif en.latency or en.throughput:
         example = lambda: load_images(dataset, 1, device)  # noqa: E731
         r = attempt("fast_paths", lambda: prepare_inference(model, s, device, example()))
         if r:
             fast, notes = r
             out.update(notes)
+    runner = fast.predict if isinstance(fast.predict, OnnxPredict) else None
+    if runner is not None and en.throughput:  # its own static shape, exported before timing
+        attempt(
+            "throughput_export",
+            lambda: runner.add_shape(
+                model.preprocess(load_images(dataset, s.throughput_batch_size, device)).tensor
+            ),
+        )
     if en.latency and (r := attempt("latency", lambda: measure_latency(fast, dataset, device, s))):
         out.update(r[0])
         samples.update(r[1])
@@ -137,7 +164,9 @@ def measure(
     ):
         out.update(r[0])
         samples["throughput_batch_ms"] = r[1]
-    fast = None  # free the timed copy before the memory probes
+    if runner is not None:
+        out.update(runner.result_keys())
+    fast = runner = None  # free the timed copy before the memory probes
     if en.flops:
 
         def flops():

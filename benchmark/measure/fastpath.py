@@ -19,8 +19,12 @@ that never change outputs beyond float tolerance are on by default (docs/measure
   preprocessing (:func:`~.latency.timed_call`).
 * ``inference_mode`` (default on): :func:`torch.inference_mode` instead of ``no_grad``
   (applied by the latency code).
-* ``compile`` (default off): ``torch.compile`` of ``predict``. Compilation happens on the
-  first call; if it fails the uncompiled model is used and the error is recorded.
+* ``backend=compile`` (``compile: true`` is its old spelling): ``torch.compile`` of
+  ``predict``. Compilation happens on the first call; if it fails the uncompiled model is
+  used and the error is recorded.
+* ``backend=onnxruntime`` (and ``onnxruntime_tensorrt``): ``predict`` of the (folded) copy
+  exported to ONNX and run by ONNX Runtime (:mod:`.runtime`), batch norms always folded
+  first. An export failure raises: a runtime job never times eager in its place.
 
 Batch norms understood: :class:`torch.nn.BatchNorm2d` (eval mode, with running statistics)
 and anything with ``weight``, ``bias``, ``running_mean``, ``running_var`` and ``eps`` whose
@@ -38,7 +42,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from benchmark.device import Device
-from benchmark.measure.settings import BenchSettings
+from benchmark.measure.runtime import OnnxPredict
+from benchmark.measure.settings import RUNTIME_BACKENDS, BenchSettings
 
 __all__ = ["fold_batchnorm", "outputs_close", "prepare_inference"]
 
@@ -238,7 +243,8 @@ def prepare_inference(
         "compile_error": None,
     }
     model.eval()
-    if not (settings.fold_bn or settings.channels_last or settings.compile):
+    runtime = settings.backend in RUNTIME_BACKENDS
+    if not (settings.fold_bn or settings.channels_last or settings.compile or runtime):
         return model, notes
     if example is None:
         example = [torch.rand(3, 224, 224, device=device.torch_device)]
@@ -252,7 +258,10 @@ def prepare_inference(
 
     if settings.channels_last:
         fast.to(memory_format=torch.channels_last)
-    if settings.fold_bn:
+    # A runtime export is always folded: ONNX Runtime fuses Conv+BN in its own graph anyway,
+    # and torch.export cannot trace a batch norm over the two-stage family's per-RoI batch,
+    # whose size is data-dependent.
+    if settings.fold_bn or runtime:
         with torch.inference_mode():
             reference = predict(fast)
             n = fold_batchnorm(fast, lambda: predict(fast))
@@ -273,4 +282,8 @@ def prepare_inference(
         except Exception as e:  # any backend error: time the eager model instead
             fast.predict = eager
             notes["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    if runtime:
+        runner = OnnxPredict(fast, settings.backend, device)
+        runner.add_shape(fast.preprocess(list(example)).tensor)
+        fast.predict = runner
     return fast, notes

@@ -10,6 +10,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# What runs ``predict`` while timing (benchmark/measure/runtime.py). ``compile`` is
+# ``torch.compile``; the ``onnxruntime*`` ones export ``predict`` to ONNX and run it in ONNX
+# Runtime with one execution provider: CPU (or CUDA on a CUDA device), or TensorRT.
+BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime_tensorrt")
+RUNTIME_BACKENDS = ("onnxruntime", "onnxruntime_tensorrt")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class BenchSettings:
     fold_bn: bool = True
     inference_mode: bool = True
     compile: bool = False
+    backend: str = "eager"
+    parity_images: int = 20
+    parity_box_atol: float = 0.05
+    parity_score_atol: float = 1e-3
+    parity_map_atol: float = 0.005
+    runtime_max_shapes: int = 8
     num_threads: int | None = None
     include_postprocess: bool = True
     throughput_batch_size: int = 8
@@ -54,6 +65,24 @@ class BenchSettings:
     memory_extrapolate: bool = True
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"bench.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.compile and self.backend not in ("eager", "compile"):
+            raise ValueError(
+                f"bench.compile=true (the old spelling of bench.backend=compile) contradicts "
+                f"bench.backend={self.backend}"
+            )
+        if self.compile and self.backend == "eager":  # the old flag: same job as backend=compile
+            object.__setattr__(self, "backend", "compile")
+        object.__setattr__(self, "compile", self.backend == "compile")
+        if self.backend in RUNTIME_BACKENDS and (self.channels_last or self.precision != "fp32"):
+            raise ValueError(
+                f"bench.backend={self.backend} runs the exported fp32 graph: it takes neither "
+                f"bench.channels_last=true nor bench.precision={self.precision} (the runtime "
+                f"chooses its own layouts)"
+            )
+        if self.parity_images < 1:
+            raise ValueError(f"bench.parity_images must be >= 1, got {self.parity_images}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"bench.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.num_images < 1 or self.batch_size < 1 or self.warmup < 0:

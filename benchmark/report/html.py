@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import schema
+from benchmark.report.backends import backend_section
 from benchmark.report.pareto import indistinguishable_critical_points
 from benchmark.report.protocol import Protocols, uncertainty_text
 from benchmark.report.style import device_title
@@ -284,6 +285,7 @@ frontier point.</p>
 {_figures(figures)}
 <h2>Pareto frontiers</h2>
 {_table(frontier, front_columns)}
+{backend_section(df) if not df.empty else ""}
 <h2>All configurations</h2>
 {_table(df[df["status"] == "ok"] if not df.empty else df, schema.table_columns())}
 <h2>Failed and skipped jobs</h2>

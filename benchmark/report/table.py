@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import schema
+from benchmark.report.backends import backend_group
 from benchmark.report.imagenet import imagenet_top1
 from benchmark.report.repeats import repeat_group
 from benchmark.report.style import extractor_name
@@ -109,12 +110,22 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
         value = _lookup(record, dotted)
         if isinstance(value, str | int | float | bool) or value is None:
             row.setdefault(column, value)
+    if row.get("backend") is None:  # written before bench.backend: eager, or the old flag
+        bench = (record.get("config") or {}).get("bench") or {}
+        row["backend"] = bench.get("backend") or (
+            "compile" if record.get("compile") or bench.get("compile") else "eager"
+        )
+    diff = record.get("parity_max_abs_diff")
+    if isinstance(diff, dict):
+        row["parity_boxes_px"] = diff.get("boxes")
+    row["backend_group"] = backend_group(record)  # the configuration across backends
     row["repeat_group"] = repeat_group(record)  # rows sharing it are seed repeats
     return row
 
 
 def _label(row: pd.Series) -> str:
-    """``SSD w/ ResNet-18, 128 px`` plus the knobs that distinguish it (proposals, stride)."""
+    """``SSD w/ ResNet-18, 128 px`` plus the knobs that distinguish it (proposals, stride,
+    a backend other than eager)."""
     name = row.get("meta_arch_name")
     text = f"{name if isinstance(name, str) else row['meta_arch']} w/ "
     text += extractor_name(row["extractor"])
@@ -125,6 +136,8 @@ def _label(row: pd.Series) -> str:
         extras.append(f"{int(row['num_proposals'])} prop.")
     if pd.notna(row.get("output_stride")) and int(row["output_stride"]) == 8:
         extras.append("stride 8")
+    if isinstance(row.get("backend"), str) and row["backend"] != "eager":
+        extras.append(row["backend"])
     return ", ".join([text, *extras])
 
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from benchmark import schema
 from benchmark.report import cost_figures as cf
 from benchmark.report import paper_figures as pf
+from benchmark.report.backends import backend_table
 from benchmark.report.figures import pareto_figure
 from benchmark.report.html import render_html
 from benchmark.report.pareto import frontier_table
@@ -158,6 +159,8 @@ def write_report(
     summary = summarize_repeats(df)  # one row per configuration: seed repeats aggregated
     front = frontier_table(summary, accuracy, axis_names(costs))
     tables = {"results.csv": df, "summary.csv": summary, "frontier.csv": front}
+    if not (backends := backend_table(df)).empty:  # a configuration timed in several backends
+        tables["backends.csv"] = backends
     files = {name: out_dir / name for name in tables}
     for name, table in tables.items():
         _write_text(

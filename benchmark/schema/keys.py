@@ -305,14 +305,44 @@ _add("sync_bn", "training", "BatchNorm during training: `off` (per-rank statisti
      "(SyncBatchNorm across ranks, CUDA) or `frozen` (running statistics, affine fixed); "
      "`sync` with one rank is recorded as `off`", kind="text")
 
-# -- deployment runtime (issue 17) -----------------------------------------------------------
-_add("backend", "deployment", "what ran the timed model: `eager`, `compile` or "
-     "`onnxruntime` (issue 17)", kind="text")
-_add("backend_version", "deployment", "version of that runtime (issue 17)", kind="text")
-_add("parity_max_abs_diff", "deployment", "largest difference of box coordinates and scores "
-     "between the runtime's detections and eager's on the validation images (issue 17)")
-_add("parity_map", "deployment", "`map` of the runtime's detections (issue 17)", unit="0-1",
-     fmt="percent")
+# -- deployment runtime (`bench.backend`, docs/measurement.md#backends) ----------------------
+_add("backend", "deployment", "what ran `predict` while timing (`bench.backend`): `eager` "
+     "(PyTorch as built), `compile` (`torch.compile`), `onnxruntime` (exported to ONNX, run "
+     "by ONNX Runtime: CPU provider, CUDA on a GPU) or `onnxruntime_tensorrt` (its TensorRT "
+     "provider); pre- and postprocessing are PyTorch in all. Results written before it "
+     "existed read as `compile` when `bench.compile` was set, else `eager`", kind="text",
+     short="backend", table=True)
+_add("backend_version", "deployment", "version of that backend: torch's for `eager` and "
+     "`compile`, `onnxruntime.__version__` for the runtimes", kind="text")
+_add("runtime_providers", "deployment", "ONNX Runtime execution providers of the session, in "
+     "priority order (`CPUExecutionProvider`...); null for eager and compile", kind="list")
+_add("runtime_threads", "deployment", "ONNX Runtime intra-op threads (torch's, so both "
+     "backends time with the same threads)", kind="integer")
+_add("runtime_export_seconds", "deployment", "wall time of exporting `predict` to ONNX and "
+     "loading the sessions (one graph per input shape, all before timing)", unit="s")
+_add("parity_max_abs_diff", "deployment", "largest runtime-vs-eager difference over the parity "
+     "images: `boxes` (decoded candidate boxes before NMS, clipped, pixels), `scores` (class "
+     "probabilities), `outputs` (predict's other raw tensors); two-stage models compare the "
+     "RoIs both proposed (`parity_rois_paired`). Beyond `parity_tolerance` the job fails, "
+     "untimed", kind="object")
+_add("parity_tolerance", "deployment", "the tolerances parity was checked against "
+     "(`bench.parity_box_atol`, `parity_score_atol`, `parity_map_atol`, and the share of "
+     "proposals to reproduce)", kind="object")
+_add("parity_images", "deployment", "validation images compared (`bench.parity_images`)",
+     kind="integer")
+_add("parity_same_detections", "deployment", "share of the parity images whose detections "
+     "after NMS have the same number and labels in both (informative: exactly tied scores may "
+     "be kept in either order)", unit="0-1")
+_add("parity_rois_paired", "deployment", "two-stage: share of eager's proposals the runtime "
+     "proposed too (same box within `parity_box_atol`); below 0.9 the job fails", unit="0-1")
+_add("parity_boxes_px", "deployment", "`parity_max_abs_diff.boxes` as a column (pixels)",
+     unit="px", where="table")
+_add("backend_group", "deployment", "id shared by the results of one configuration that "
+     "differ only in backend (and seed): the rows the report's backend table pairs",
+     kind="text", where="table")
+_add("parity_map", "deployment", "COCO AP of the runtime's own detections on the whole "
+     "validation set (batch 1), when the job evaluates; more than `bench.parity_map_atol` "
+     "from `map` fails the job", unit="0-1", fmt="percent")
 
 # -- the measurement run ---------------------------------------------------------------------
 _add("measure_errors", "measurement", "measurement name -> error for a probe that raised (its "
@@ -350,8 +380,8 @@ _ENV = [
      "text"),
     ("inference_mode", "timed under `torch.inference_mode` (false: `torch.no_grad`)", "bool",
      "bool"),
-    ("compile", "`bench.compile`: `torch.compile` requested for the timed copy", "bool",
-     "bool"),
+    ("compile", "`bench.backend=compile` (or its old spelling `bench.compile`): "
+     "`torch.compile` requested for the timed copy", "bool", "bool"),
     ("compiled", "the timed copy really ran compiled", "bool", "bool"),
     ("compile_error", "why compilation fell back to eager, else null", "", "text"),
     ("torch_version", "", "", "text"),

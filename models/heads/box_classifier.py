@@ -116,6 +116,10 @@ class BoxClassifier(nn.Module):
             ) from e
 
     def forward(self, features: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():
+            # The RoI count is data-dependent; torch.export must know it is not 0 to trace the
+            # per-RoI batch norms (the RPN keeps at least its best box on any image).
+            torch._check(rois.shape[0] > 0)
         crops = roi_align(
             features,
             rois.to(features.dtype),

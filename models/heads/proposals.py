@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms, remove_small_boxes
 
 from models.box_ops import BoxCoder
 from models.matching import IGNORE, NEGATIVE, argmax_match, balanced_sample
@@ -131,6 +131,8 @@ def generate_proposals(
     top_logits, idx = logits.topk(k, dim=1)  # [B, k]
     boxes = _gather_boxes(deltas, anchors, idx, coder, image_size).reshape(-1, 4)  # [B*k, 4]
     scores = top_logits.reshape(-1)
+    if num_images == 1:
+        return _single_image(boxes, scores, nms_threshold, num_proposals, min_size)
     image_ids = torch.arange(num_images, device=logits.device).repeat_interleave(k)
     keep = remove_small_boxes(boxes, min_size)
     # One call for the batch; NMS ordering by logit equals ordering by probability.
@@ -153,6 +155,36 @@ def generate_proposals(
     out_scores[ids, rank] = scores[keep].sigmoid()
     valid[ids, rank] = True
     return Proposals(out_boxes, out_scores, valid)
+
+
+def _single_image(
+    boxes: Tensor, scores: Tensor, nms_threshold: float, num_proposals: int, min_size: float
+) -> Proposals:
+    """:func:`generate_proposals` for one image (the batch-1 timing protocol): the same
+    proposals, computed so that only NMS has a data-dependent shape, which ``torch.export``
+    can trace (``bench.backend=onnxruntime`` exports this path).
+
+    ``boxes [k, 4]`` and ``scores [k]`` (logits) are the top-k candidates, best first.
+    """
+    k = boxes.shape[0]
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    big = ((w >= min_size) & (h >= min_size)).nonzero().squeeze(1)  # remove_small_boxes
+    keep = big[nms(boxes[big], scores[big], nms_threshold)]
+    kept = torch.zeros(k, dtype=torch.bool, device=boxes.device).index_fill(0, keep, True)
+    # Candidates are sorted by score, so a kept box's rank is the number of kept boxes before
+    # it; sorting by (rank if kept, else k + position) puts the kept ones first, in order.
+    rank = kept.cumsum(0) - 1
+    position = torch.arange(k, device=boxes.device)
+    order = torch.where(kept, rank, k + position).sort().indices[:num_proposals]
+    valid = kept[order] & (rank[order] < num_proposals)
+    out_boxes = torch.where(valid[:, None], boxes[order], 0.0)
+    out_scores = torch.where(valid, scores[order].sigmoid(), 0.0)
+    if k < num_proposals:  # fewer anchors than proposals: pad (static sizes)
+        pad = num_proposals - k
+        out_boxes = torch.cat([out_boxes, out_boxes.new_zeros((pad, 4))])
+        out_scores = torch.cat([out_scores, out_scores.new_zeros(pad)])
+        valid = torch.cat([valid, valid.new_zeros(pad)])
+    return Proposals(out_boxes[None], out_scores[None], valid[None])
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import ps_roi_align
+from torchvision.ops import ps_roi_align, roi_align
 
 from models.matching import ohem_select
 
@@ -97,16 +97,67 @@ class PSRoIHead(nn.Module):
 
     def pool(self, maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """The per-RoI part: PS-RoIAlign of :meth:`score_maps` output, then average voting."""
-        pooled = ps_roi_align(
-            maps, rois.to(maps.dtype), self.bins, self.spatial_scale, self.sampling_ratio
-        )  # [R, C+1 + 4*Cb, k, k]
-        votes = pooled.mean(dim=(2, 3))  # average voting over the bins
+        if torch.compiler.is_exporting():  # ONNX has no PS-RoIAlign: the same sums, via RoIAlign
+            votes = ps_roi_align_votes(
+                maps, rois.to(maps.dtype), self.bins, self.spatial_scale, self.sampling_ratio
+            )
+        else:
+            pooled = ps_roi_align(
+                maps, rois.to(maps.dtype), self.bins, self.spatial_scale, self.sampling_ratio
+            )  # [R, C+1 + 4*Cb, k, k]
+            votes = pooled.mean(dim=(2, 3))  # average voting over the bins
         cls_logits = votes[:, : self.num_scores]
         box_deltas = votes[:, self.num_scores :].reshape(-1, self.num_box_classes, 4)
         return cls_logits, box_deltas
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, sampling_ratio={self.sampling_ratio}, spatial_scale={self.spatial_scale}"
+
+
+def ps_roi_align_votes(
+    maps: Tensor, rois: Tensor, bins: int, spatial_scale: float, sampling_ratio: int
+) -> Tensor:
+    """``ps_roi_align(maps, rois, bins, spatial_scale, sampling_ratio).mean(dim=(2, 3))``
+    written with :func:`torchvision.ops.roi_align`, which has an ONNX operator (``RoiAlign``)
+    where PS-RoIAlign has none.
+
+    Bin ``(i, j)`` of output channel ``c`` averages ``sampling_ratio ** 2`` bilinear samples
+    of input channel ``c * k * k + i * k + j`` inside the bin's sub-box: exactly RoIAlign with
+    a 1x1 output over that sub-box (``aligned=True``: PS-RoIAlign also shifts by half a pixel
+    and does not clamp the size). So the channel groups of the ``k * k`` bins become
+    ``k * k`` pseudo-images, every RoI ``k * k`` sub-box RoIs (one per bin, on its group), and
+    one RoIAlign call takes the same samples as ``ps_roi_align``; only the copy of the maps
+    into that layout is extra.
+
+    Args:
+        maps: ``[B, C' * k * k, H, W]`` position-sensitive maps.
+        rois: ``[R, 5]`` (image index, xyxy pixels).
+
+    Returns:
+        ``[R, C']`` votes (each channel averaged over its ``k x k`` bins).
+    """
+    b, ch, h, w = maps.shape
+    k2 = bins * bins
+    groups = maps.reshape(b, ch // k2, k2, h, w).transpose(1, 2).reshape(b * k2, ch // k2, h, w)
+    steps = torch.arange(bins, dtype=rois.dtype, device=rois.device) / bins
+    x1, y1, x2, y2 = rois[:, 1:2], rois[:, 2:3], rois[:, 3:4], rois[:, 4:5]  # [R, 1]
+    bx, by = (x2 - x1) / bins, (y2 - y1) / bins
+    sx = (x1 + steps * (x2 - x1)).unsqueeze(1).expand(-1, bins, -1)  # [R, k(i), k(j)]
+    sy = (y1 + steps * (y2 - y1)).unsqueeze(2).expand(-1, -1, bins)
+    bx, by = bx.unsqueeze(2).expand_as(sx), by.unsqueeze(2).expand_as(sy)
+    index = rois[:, :1].long() * k2 + torch.arange(k2, device=rois.device)  # [R, k*k]
+    sub = torch.stack(
+        [
+            index.to(rois.dtype),
+            sx.reshape(-1, k2),
+            sy.reshape(-1, k2),
+            (sx + bx).reshape(-1, k2),
+            (sy + by).reshape(-1, k2),
+        ],
+        dim=2,
+    ).reshape(-1, 5)  # [R * k*k, 5], bin (i, j) of RoI r at row r * k*k + i * k + j
+    pooled = roi_align(groups, sub, 1, spatial_scale, sampling_ratio, aligned=True)
+    return pooled.reshape(rois.shape[0], k2, ch // k2).mean(dim=1)
 
 
 def ohem_loss(
