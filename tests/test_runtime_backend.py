@@ -190,7 +190,7 @@ def test_parity_failure_fails_the_job_untimed(tmp_path, monkeypatch, one_thread)
 @pytest.mark.slow
 @pytest.mark.parametrize("meta_arch", META_ARCHS)
 def test_every_meta_architecture_runs_in_onnxruntime(tmp_path, meta_arch, one_thread):  # noqa: F811
-    extractor = "mobilenet_v3_large_tv" if meta_arch == "torchvision" else "resnet18"
+    extractor = "mobilenet_v3_large_tv" if meta_arch == "torchvision" else "mobilenet_v3_small"
     cfg = _cfg(
         tmp_path, f"meta_arch={meta_arch}", f"extractor={extractor}", "bench.backend=onnxruntime"
     )
