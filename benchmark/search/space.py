@@ -80,7 +80,13 @@ def conditional_axes(
                 f"`choices: [values]`, got {dict(spec) if isinstance(spec, Mapping) else spec!r}"
             )
         condition = tuple(
-            (str(k), tuple(str(v) for v in (vs if isinstance(vs, Sequence) and not isinstance(vs, str) else [vs])))
+            (
+                str(k),
+                tuple(
+                    str(v)
+                    for v in (vs if isinstance(vs, Sequence) and not isinstance(vs, str) else [vs])
+                ),
+            )
             for k, vs in when.items()
         )
         axes.append(ConditionalAxis(str(name), choices, condition))
@@ -93,7 +99,9 @@ def without_conditional(overrides: Sequence[str], axes: Sequence[ConditionalAxis
     return [o for o in overrides if o.split("=", 1)[0] not in names]
 
 
-def suggest_conditional(trial: Any, axes: Sequence[ConditionalAxis], fixed: Mapping[str, Any]) -> None:
+def suggest_conditional(
+    trial: Any, axes: Sequence[ConditionalAxis], fixed: Mapping[str, Any]
+) -> None:
     """Suggest each conditional axis whose condition holds for ``trial``'s values so far.
 
     Args:

@@ -47,7 +47,7 @@ from benchmark.search.space import conditional_axes, suggest_conditional, withou
 
 log = logging.getLogger("detbench")
 STUDY_FILE = "study.db"
-TRIALS_FILE = "search_trials.csv"
+TRIALS_FILE = "search_trials.csv"  # benchmark.report.search reads both
 SEARCH_FILE = "search.json"
 TRIAL_COLUMNS = [
     "trial", "state", "job", "launched", "duplicate_of", "interrupted", "accuracy", "cost",
@@ -83,7 +83,7 @@ class FrontierSearch(OptunaSweeperImpl):
         super().__init__(direction=directions, **optuna_kwargs)
         self.conditional = OmegaConf.to_container(conditional) if conditional else {}
         self.max_duplicates = int(max_duplicates)
-        self.grid = grid
+        self.grid = str(Path(grid).resolve()) if grid else None  # Hydra does not chdir
 
     # -- the study --------------------------------------------------------------------------
     def _storage(self) -> str:
