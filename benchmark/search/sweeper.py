@@ -117,9 +117,11 @@ class FrontierSearch(OptunaSweeperImpl):
     def _overrides(self, trial: optuna.Trial, distributions: dict, fixed: dict) -> tuple:
         for name, distribution in distributions.items():
             trial._suggest(name, distribution)  # as OptunaSweeperImpl does
-        suggest_conditional(trial, self.axes, fixed)
-        params = {**trial.params, **fixed}
-        overrides = tuple(f"{name}={value}" for name, value in params.items())
+        values = {name: text.split("=", 1)[1] for name, text in fixed.items()}
+        suggest_conditional(trial, self.axes, values)
+        # Fixed overrides as typed (``x=false``, not Optuna's ``x=False``): the job folder is
+        # then the one ``detbench -m`` with the same overrides uses.
+        overrides = tuple(f"{n}={v}" for n, v in trial.params.items()) + tuple(fixed.values())
         trial.set_user_attr("overrides", list(overrides))
         return overrides
 
@@ -148,6 +150,12 @@ class FrontierSearch(OptunaSweeperImpl):
         )
         for name in fixed:
             distributions.pop(name, None)
+        fixed = {
+            name: text
+            for text in without_conditional(params_conf, self.axes)
+            for name in [text.split("=", 1)[0]]
+            if name in fixed
+        }
         directions = self._get_directions()
         Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
