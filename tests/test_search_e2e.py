@@ -103,17 +103,3 @@ def test_search_resumes_after_sigkill_without_repeating_finished_jobs(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:]
     assert "5 of 5 jobs done" in again.stdout
     assert _jobs(_trials(sweep)) == jobs  # nothing launched
-
-
-@pytest.mark.slow
-def test_jobs_without_the_objectives_are_failed_trials_not_zeros(tmp_path):
-    # accuracy=map, but a profile-only job measures no accuracy: every trial must fail
-    cmd = _command(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.cost=gmacs")
-    done = subprocess.run(
-        cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert done.returncode == 0, done.stdout[-3000:]
-    rows = _trials(tmp_path / "frontier")
-    launched = [r for r in rows if r["launched"] == "True"]
-    assert len(launched) == 2
-    assert all(r["state"] == "FAIL" and r["accuracy"] == "" for r in launched), rows

@@ -97,6 +97,29 @@ def test_objective_spec_names_columns_and_directions():
         objective_spec("label", "latency")
 
 
+def test_the_sweeper_fails_trials_whose_job_returned_no_objectives():
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from benchmark.search.objectives import Objectives
+    from benchmark.search.sweeper import FrontierSearch
+
+    search = FrontierSearch(
+        accuracy="map", cost="latency", conditional=None, max_duplicates=5, grid=None,
+        sampler=None, storage=None, study_name=None, n_trials=1, n_jobs=1,
+        max_failure_rate=1.0, search_space=None, custom_search_space=None, params=None,
+    )  # fmt: skip
+
+    def ret(value, status=JobStatus.COMPLETED):
+        return JobReturn(_return_value=value, status=status)
+
+    ok = Objectives([0.3, 12.0], {"status": "ok"})
+    assert search._values(ret(ok)) == [0.3, 12.0]
+    assert search._values(ret(None)) is None  # failed, skipped, refused, unmeasured
+    assert search._values(ret(RuntimeError("boom"), JobStatus.FAILED)) is None  # job raised
+    assert search._values(ret({"status": "ok", "map": 0.3})) is None  # a result dict
+    assert search._values(ret([0.3])) is None  # one value for two objectives
+
+
 # -- conditional axes ---------------------------------------------------------------------
 
 CONDITIONAL = {
@@ -204,3 +227,29 @@ def test_search_progress_replays_jobs_in_order_against_a_grid(tmp_path):
     assert progress.jobs_to_target == 3
     assert len(progress.grid_frontier) == 2 and len(progress.found) == 2
     assert search_progress(grid, load_results(grid)) is None  # not a search folder
+
+
+# -- the preset -----------------------------------------------------------------------------
+
+
+def test_the_preset_composes_and_every_conditional_choice_composes_where_it_applies():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("sweeps", version_base="1.3"):
+        cfg = compose("config", overrides=["+search=frontier"], return_hydra_config=True)
+        sweeper = cfg.hydra.sweeper
+        assert sweeper._target_.endswith("FrontierSweeper")
+        assert sweeper.sampler._target_ == "optuna.samplers.NSGAIISampler"
+        assert objective_spec(sweeper.accuracy, sweeper.cost)[0] == ["map", "latency_ms"]
+        axes = conditional_axes(sweeper.conditional)
+        assert {a.name for a in axes} == {"meta_arch.num_proposals", "neck"}
+        for meta_arch in str(sweeper.params.meta_arch).split(","):
+            for axis in axes:
+                if not axis.applies({"meta_arch": meta_arch}):
+                    continue
+                for choice in axis.choices:  # composes: the key exists for this detector
+                    job = compose("config", [f"meta_arch={meta_arch}", f"{axis.name}={choice}"])
+                    assert job.meta_arch is not None
+        # the preset changes no job setting: its jobs are those of `detbench -m` (identity)
+        plain = compose("config", overrides=["sweep_name=frontier"])
+        assert compose("config", overrides=["+search=frontier"]) == plain
