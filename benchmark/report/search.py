@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from benchmark import schema
 from benchmark.report.pareto import pareto_mask
@@ -160,19 +161,33 @@ def hypervolume_figure(progress: SearchProgress) -> Figure | None:
         return None
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    x, y = progress.jobs["job_number"], progress.jobs["hypervolume"]
+    g = progress.grid_hypervolume
+    scale = 100.0 / g if g else 1.0  # with a grid: percent of the grid's hypervolume
+    x, y = progress.jobs["job_number"], progress.jobs["hypervolume"] * scale
     ax.step(x, y, where="post", color="C0", label=f"search ({progress.sampler or 'Optuna'})")
+    ax.plot(x, y, ".", color="C0")
     failed = progress.jobs["status"] != "ok"
-    ax.plot(x[failed], y[failed], "x", color="C3", label="failed or skipped job")
-    if progress.grid_hypervolume:
-        g = progress.grid_hypervolume
-        ax.axhline(g, color="k", lw=1, label=f"grid ({progress.grid_jobs} jobs)")
-        ax.axhline(TARGET * g, color="k", lw=1, ls="--", label=f"{TARGET:.0%} of the grid")
+    if failed.any():
+        ax.plot(x[failed], y[failed], "x", color="C3", label="failed or skipped job")
+    if g:
+        ax.axhline(100, color="k", lw=1, label=f"grid ({progress.grid_jobs} jobs)")
+        ax.axhline(100 * TARGET, color="k", lw=1, ls="--", label=f"{TARGET:.0%} of the grid")
         if progress.jobs_to_target is not None:
-            ax.axvline(progress.jobs_to_target, color="C2", lw=1, ls=":")
+            ax.axvline(
+                progress.jobs_to_target,
+                color="C2",
+                lw=1,
+                ls=":",
+                label=f"reached after {progress.jobs_to_target} jobs",
+            )
+        ax.set_ylabel("hypervolume found (% of the grid's)")
+        ax.set_ylim(0, 105)
+    else:
+        ax.set_ylabel(f"hypervolume ({progress.accuracy} x log10 {progress.cost})")
+        ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("jobs run by the search")
-    ax.set_ylabel(f"hypervolume ({progress.accuracy} x log10 {progress.cost})")
-    ax.set_title("Frontier found vs jobs")
+    ax.set_title(f"Frontier found vs jobs: {progress.accuracy} up, {progress.cost} down")
     ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     return fig
