@@ -143,7 +143,13 @@ def _compare(progress: SearchProgress, grid_df: pd.DataFrame, rows: pd.DataFrame
     progress.grid_hypervolume = hypervolume_2d(g_cost, g_acc, progress.ref_cost)
     on_front = grid_df[pareto_mask(g_cost, g_acc)]
     ran = set(rows.get("config_fingerprint", pd.Series(dtype=str)).dropna())
-    name = on_front["label"] if "label" in on_front else on_front["job"]
+    labels = on_front["label"] if "label" in on_front else on_front["job"]
+    necks = on_front["neck"] if "neck" in on_front else [None] * len(on_front)
+    # the label names no neck: add it, or two single-shot points read the same
+    name = [
+        f"{lb} ({nk})" if isinstance(nk, str) and nk else str(lb)
+        for lb, nk in zip(labels, necks, strict=True)
+    ]
     progress.grid_frontier = list(name)
     fps = on_front.get("config_fingerprint", pd.Series([None] * len(on_front)))
     progress.found = [n for n, fp in zip(name, fps, strict=True) if fp in ran]
