@@ -66,13 +66,22 @@ def folder_lock(folder: Path) -> Iterator[None]:
         lock.release()
 
 
-def _owner(folder: Path) -> str:
-    try:
-        info = json.loads((folder / OWNER_FILE).read_text())
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
-        return f"pid {info['pid']} on {info['host']}, since {since}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "pid unknown"
+def _owner(folder: Path, wait: float = 2.0) -> str:
+    """Who holds the folder, from the file its holder writes right after taking the lock.
+
+    Waits up to ``wait`` seconds for that file: a holder that has just taken the lock may not
+    have written it yet.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads((folder / OWNER_FILE).read_text())
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+            return f"pid {info['pid']} on {info['host']}, since {since}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "pid unknown"
+            time.sleep(0.05)
 
 
 @dataclass

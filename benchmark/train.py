@@ -453,6 +453,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, clip)
             scaler.step(optimizer)
             scaler.update()
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
             scheduler.step()
         it += 1
         images_seen += len(images) * ranks.world_size  # DistributedSampler: equal shards
@@ -460,7 +461,7 @@ def train(
         if it % log_every == 0 or it == max_iters:
             entry = {
                 "iter": it,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": step_lr,
                 **ranks.mean(
                     {
                         "loss": sum(window) / len(window),

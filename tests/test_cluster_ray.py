@@ -7,7 +7,8 @@ different folder than the cluster's::
     detbench -m +sweep=smoke hydra/launcher=ray_cluster num_threads=1    # RAY_ADDRESS set
 
 three times into one sweep folder: (1) the whole sweep, two jobs at a time on the two CPUs;
-(2) with ``meta_arch=ssd train.optimizer.lr=-1,0.05``: one job fails on its worker, the other
+(2) with ``meta_arch=ssd extractor.weights_path=/missing/weights.pt,null``: one job fails on
+its worker (the file is missing there, found only when the model is built), the other
 ends ok; (3) that command again: the ok job is skipped, the failed one runs again. Then it
 stops the cluster (its own processes only) and the tests check what each run left behind.
 """
@@ -29,11 +30,13 @@ from local_ray import LocalRay, ray_cli
 
 from benchmark.results import git_sha
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 META_ARCHS = ["ssd", "dssd", "refinedet", "faster_rcnn", "rfcn"]
-SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m}" for m in META_ARCHS}
-FAILING = ["meta_arch=ssd", "train.optimizer.lr=-1,0.05"]  # SGD rejects a negative lr
+SMOKE_JOBS = {f"extractor=mobilenet_v3_small,meta_arch={m},num_threads=1" for m in META_ARCHS}
+# A runtime failure with a traceback (a bad *setting* such as lr=-1 fails before anything runs)
+FAILING = ["meta_arch=ssd", "extractor.weights_path=/missing/weights.pt,null"]
+BAD, GOOD = "weights_path=_missing", "weights_path=null"  # in the job folder names
 SWEEP_TIMEOUT = 1800  # s per command: the 2 cores are shared; an idle machine needs ~3 min
 
 
@@ -140,8 +143,8 @@ def test_sweep_runs_on_the_ray_workers(ray_sweep):
     logs = {
         p: p.read_text(errors="replace") for p in ray_sweep.cluster.session_logs().glob("worker-*")
     }
-    for meta_arch in META_ARCHS:
-        line = f"{meta_arch}/mobilenet_v3_small: ok"
+    for r in results.values():  # the job's last line: "SSD w/ mobilenet_v3_small: ok: AP ..."
+        line = f"{r['meta_arch_name']} w/ mobilenet_v3_small: ok: "
         writers = [p for p, text in logs.items() if line in text]
         assert writers, f"no worker of the cluster logged {line!r}"
         assert all(not p.stem.endswith(f"-{run.pid}") for p in writers)
@@ -150,7 +153,7 @@ def test_sweep_runs_on_the_ray_workers(ray_sweep):
 
 def test_workers_run_the_submitting_checkout(ray_sweep):
     """The preset ships this checkout to the workers (runtime_env.py_modules)."""
-    failed = [job for job in _results(ray_sweep.sweep) if "lr=-1" in job]
+    failed = [job for job in _results(ray_sweep.sweep) if BAD in job]
     assert len(failed) == 1
     trace = (ray_sweep.sweep / failed[0] / "traceback.txt").read_text()
     frames = re.findall(r'File "([^"]+)"', trace)
@@ -184,11 +187,11 @@ def test_failing_job_is_recorded_like_a_local_one(ray_sweep):
     run = ray_sweep.failing
     assert run.returncode == 1, run.output[-5000:]
     results = _results(ray_sweep.sweep)
-    failed = [j for j in results if "lr=-1" in j]
-    finished = [j for j in results if "lr=0.05" in j]
+    failed = [j for j in results if BAD in j]
+    finished = [j for j in results if GOOD in j]
     assert len(failed) == 1 and len(finished) == 1, sorted(results)
     bad = results[failed[0]]
-    assert bad["status"] == "failed" and "learning rate" in bad["error"].lower()
+    assert bad["status"] == "failed" and "/missing/weights.pt" in bad["error"]
     assert results[finished[0]]["status"] == "ok"
     assert "1 job(s) failed in this run" in run.output
     table = pd.read_csv(ray_sweep.sweep / "results.csv")
@@ -202,8 +205,8 @@ def test_rerun_skips_ok_jobs_and_runs_failed_ones_again(ray_sweep):
     print(f"failing run: {ray_sweep.failing.seconds:.0f} s; re-run: {run.seconds:.0f} s")
     assert run.returncode == 1, run.output[-5000:]  # the bad job failed again
     before, after = ray_sweep.after_failing, ray_sweep.after_rerun
-    (ok,) = [j for j in after if "lr=0.05" in j]
-    (bad,) = [j for j in after if "lr=-1" in j]
+    (ok,) = [j for j in after if GOOD in j]
+    (bad,) = [j for j in after if BAD in j]
     assert after[ok] == before[ok], "the ok job ran again"
     assert after[bad] != before[bad], "the failed job was not run again"
     for job in SMOKE_JOBS:  # not part of this command, untouched

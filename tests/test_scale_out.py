@@ -146,6 +146,9 @@ def test_submitit_local_sweep_and_report(tmp_path):
             "sweep_name=local",
             f"results_root={tmp_path / 'results'}",
             f"timing_lock_dir={lock_dir}",
+            # the held lock must stop their measurements, not their training (the work gate
+            # would pause it, and they would never reach the lock)
+            "timing_pause_work=false",
             "~hydra.callbacks.report",  # aggregated below by detbench-report, as across machines
         )
         deadline = time.monotonic() + 600

@@ -24,6 +24,7 @@ EXPECTED_JOBS = {
     "resolution": 15,
     "extractors": 15,
     "necks": 15,
+    "extractors_gpu": 12,
 }
 
 

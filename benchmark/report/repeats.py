@@ -32,18 +32,9 @@ import numpy as np
 import pandas as pd
 
 from benchmark import schema
+from benchmark.identity import identity_config
 from benchmark.intervals import mean_interval
 
-# Config keys that never change a result: not part of a configuration's identity.
-NON_IDENTITY_KEYS = (
-    "seed",
-    "progress",
-    "force",
-    "results_root",
-    "sweep_name",
-    "timing_lock",
-    "timing_lock_dir",
-)
 # Metrics with a per-run interval (``<metric>_ci_low``/``_ci_high`` in result.json): the keys
 # declared with ``interval=`` in benchmark/schema/keys.py.
 INTERVAL_METRICS = tuple(k.name for k in schema.KEYS.values() if k.interval)
@@ -54,13 +45,15 @@ _SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")
 def repeat_group(record: dict[str, Any]) -> str:
     """A short id shared by the repeats of one configuration (12 hex digits).
 
-    From the resolved config without :data:`NON_IDENTITY_KEYS`; a result without a config
+    From the job's identity (:func:`benchmark.identity.identity_config`: the keys that can
+    change a number) without ``seed``, the one key repeats differ in; a result without a config
     (hand-made) falls back to its job folder with the ``seed=`` override removed, and one
     without either is a configuration of its own.
     """
     config = record.get("config")
     if isinstance(config, dict) and config:
-        identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+        identity = identity_config(config)
+        identity.pop("seed", None)
         # The config determines these; they also separate results whose config is partial.
         identity["_result"] = {k: record.get(k) for k in _RECORD_IDENTITY}
         text = json.dumps(identity, sort_keys=True, default=str)

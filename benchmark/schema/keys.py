@@ -277,8 +277,8 @@ _add("final_loss", "training", "total loss, mean of the last logging window", fm
 _add("train_images_per_second", "training", "training throughput: images over the training "
      "wall time, data loading included (all ranks together under DDP; all segments)",
      unit="images/s")
-_add("train_history", "training", "logged `(iteration, losses, lr)` records, from "
-     "iteration 1 on (earlier segments' records come from the checkpoint)", kind="list")
+_add("train_history", "training", "logged `(iteration, losses, lr)` records (`lr`: the "
+     "rate that iteration's step used), from iteration 1 on (earlier segments' records come from the checkpoint)", kind="list")
 _add("resumed", "training", "true when the training continued from the job folder's "
      "`checkpoint.pt` (a killed or preempted job run again)", unit="bool", kind="bool")
 _add("train_segments", "training", "one `{start_iter, end_iter, seconds, images}` per "
