@@ -1,7 +1,9 @@
 """The Hydra entry point: ``detbench`` (also ``python -m benchmark``).
 
-``run`` is the Hydra task (one job); it returns the job's result dict (a sweeper can read its
-objectives from it). ``main`` wraps it for the console script: after a multirun, whose jobs
+``run`` is the Hydra task (one job); it returns the job's result dict, or, under the frontier
+search sweeper (``+search=frontier``, whose config names an accuracy and a cost), the job's
+objectives (``benchmark.search.objectives``): None when the job is not ``ok`` or a value is
+missing, which the sweeper records as a failed trial. ``main`` wraps it for the console script: after a multirun, whose jobs
 never raise, it exits non-zero when jobs failed or were refused, once every job has run and
 the report is written (``benchmark.report.callback.SweepReport`` counts them).
 
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.job import REFUSED, run_job
 from benchmark.results import write_text_atomic
 from benchmark.schema.format import job_line
+from benchmark.search.objectives import Objectives, objective_spec, objectives_of
 
 log = logging.getLogger("detbench")
 HYDRA_SUBDIR = ".hydra"
@@ -48,8 +51,18 @@ def save_hydra_files(out_dir: str | Path, cfg: DictConfig) -> None:
         write_text_atomic(folder / name, OmegaConf.to_yaml(node))
 
 
+def search_columns(hydra_cfg: DictConfig) -> list[str] | None:
+    """The objective columns of the search sweeper running this job, or None (any other
+    sweeper: the job returns its result dict)."""
+    accuracy = OmegaConf.select(hydra_cfg, "sweeper.accuracy", default=None)
+    cost = OmegaConf.select(hydra_cfg, "sweeper.cost", default=None)
+    if accuracy is None or cost is None:
+        return None
+    return objective_spec(str(accuracy), str(cost))[0]
+
+
 @hydra.main(version_base="1.3", config_path="pkg://sweeps", config_name="config")
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> dict | Objectives | None:
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     result = run_job(
@@ -59,16 +72,19 @@ def run(cfg: DictConfig) -> dict:
         on_start=lambda: save_hydra_files(out_dir, cfg),
     )
     status = result.get("status")
+    columns = search_columns(hc) if hc.mode == RunMode.MULTIRUN else None
     if status == REFUSED:  # logged in full by run_job; the folder holds another result
         if hc.mode == RunMode.RUN:
             sys.exit(1)
-        return result
+        return result if columns is None else None
     # The job's last line: accuracy, latency, GMACs, memory (as the schema formats them), or
     # the reason it failed or was skipped, and where its result.json is.
     level = {"ok": logging.INFO, "skipped": logging.WARNING}.get(status, logging.ERROR)
     log.log(level, "%s", job_line(result, out_dir))
     if hc.mode == RunMode.RUN and status == "failed":
         sys.exit(1)
+    if columns is not None:  # the search sweeper: its objectives, None = a failed trial
+        return objectives_of(result, columns)
     return result
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.results import RESULT_FILE
+from benchmark.results import RESULT_FILE, read_result
 
 log = logging.getLogger("detbench")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -115,7 +115,10 @@ class SweepProgress(Callback):
             return
         started, result, before = self._job
         value = getattr(job_return, "_return_value", None)
+        value = getattr(value, "result", value)  # the search sweeper's objectives carry it
         status = value.get("status") if isinstance(value, dict) else None
+        if status is None and _mtime(result) not in (None, before):  # None from a search job
+            status = (read_result(result.parent) or {}).get("status")
         self._counts[str(status or "failed")] += 1
         after = _mtime(result)
         if after is not None and after != before:  # the job wrote its result: it really ran

@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMN=VALUE[,VALUE...]",
         help="keep only jobs whose COLUMN has one of the values; repeat to combine",
     )
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="for a frontier search folder (+search=frontier): a grid run of the same space "
+        "to compare with (hypervolume, jobs to reach 90 %% of it, frontier found)",
+    )
     return parser
 
 
@@ -95,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         costs = [c.strip() for item in args.cost for c in item.split(",") if c.strip()]
     try:
         summary = write_report(
-            args.sweep_dir, args.out, accuracy=args.metric, costs=costs, where=args.where
+            args.sweep_dir,
+            args.out,
+            accuracy=args.metric,
+            costs=costs,
+            where=args.where,
+            grid=args.grid,
         )
     except SelectionError as e:
         print(f"detbench-report: {e}", file=sys.stderr)

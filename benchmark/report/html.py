@@ -37,6 +37,8 @@ CAPTIONS = {
     "fig09_memory.png": "Figure 9: memory per model.",
     "fig10_memory_vs_time.png": "Figure 10: memory vs time.",
     "fig11_map_iou.png": "Figure 11: mAP@.5 and mAP@.75 vs mAP@[.5:.95].",
+    "search_hypervolume.png": "Frontier search: hypervolume of the frontier found after each job "
+    "(x: failed or skipped job); with a grid run, its hypervolume and 90 % of it.",
 }
 
 
@@ -244,6 +246,7 @@ def render_html(
     accuracy: str = "map",
     selection: str = "",
     summary: pd.DataFrame | None = None,
+    sections: dict[str, str] | None = None,
 ) -> str:
     """The report page as a string.
 
@@ -256,6 +259,8 @@ def render_html(
         accuracy: the accuracy column the frontiers maximize.
         selection: how the rows were chosen (``detbench-report --where``), shown when set.
         summary: the repeat summary of ``df`` (one row per configuration), if computed.
+        sections: heading -> HTML of extra sections placed after the figures (the frontier
+            search's progress, ``benchmark.report.search``).
     """
     costs = list(dict.fromkeys(frontier["cost_column"])) if "cost_column" in frontier else []
     front_columns = ["axis", "critical", "vs_cheaper", "label", "neck", "n", accuracy, *costs]
@@ -283,6 +288,7 @@ frontier point.</p>
 {_noise(frontier, accuracy)}
 <h2>Figures</h2>
 {_figures(figures)}
+{"".join(f"<h2>{html.escape(h)}</h2>{body}" for h, body in (sections or {}).items())}
 <h2>Pareto frontiers</h2>
 {_table(frontier, front_columns)}
 {backend_section(df) if not df.empty else ""}

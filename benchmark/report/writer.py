@@ -125,6 +125,21 @@ def save_figures(
     return written
 
 
+def _search_sections(
+    sweep_dir: Path, df: pd.DataFrame, out_dir: Path, grid: str | Path | None, files: dict
+) -> dict[str, str]:
+    """The frontier search's section (none for a folder that is not a search's)."""
+    from benchmark.report import search
+    from benchmark.report.html import _figures
+
+    progress, written = search.write_search_report(sweep_dir, df, out_dir, grid)
+    if progress is None:
+        return {}
+    files.update(written)
+    figure = {search.FIGURE: written[search.FIGURE]} if search.FIGURE in written else {}
+    return {"Frontier search": search.search_html(progress, _figures(figure) if figure else None)}
+
+
 def write_report(
     sweep_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -132,6 +147,7 @@ def write_report(
     accuracy: str = "map",
     costs: list[str] | None = None,
     where: list[str] | None = None,
+    grid: str | Path | None = None,
 ) -> ReportSummary:
     """Aggregate ``sweep_dir`` and write the report files into ``out_dir`` (default: it).
 
@@ -141,6 +157,8 @@ def write_report(
         accuracy: the accuracy the frontiers maximize (:func:`benchmark.schema.accuracy_metrics`).
         costs: the cost columns to draw frontiers against (default: the schema's axes).
         where: row filters ``column=value[,value...]`` (:func:`select_rows`).
+        grid: a folder with a grid run of the same space, compared with a frontier search's
+            progress (default: the one the search names; ``benchmark.report.search``).
 
     Returns:
         The counts by status and the written files (``results.csv``, ``summary.csv``,
@@ -168,6 +186,7 @@ def write_report(
         )
     figures = save_figures(df, out_dir, figure_functions(accuracy, costs))
     files.update(figures)
+    sections = _search_sections(sweep_dir, df, out_dir, grid, files)
     page = render_html(
         df,
         front,
@@ -177,6 +196,7 @@ def write_report(
         accuracy=accuracy,
         selection=selection,
         summary=summary,
+        sections=sections,
     )
     files["report.html"] = out_dir / "report.html"
     _write_text(files["report.html"], page)
