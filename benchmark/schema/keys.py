@@ -173,13 +173,20 @@ _add("gmacs", "flops", "10^9 multiply-adds per image, `predict` only, counted wi
 _add("gmacs_conv", "flops", "the convolutions' share of `gmacs` (`aten.convolution`): what "
      "torchvision's published `_ops` count for its MobileNet Faster R-CNNs", unit="GMACs", short="conv GMACs", cost=True,
      probe="flops")
-_add("gmacs_extractor", "flops", "the feature extractor's share of `gmacs` (in two-stage "
-     "detectors the trunk; the last stage run on crops counts as head)", unit="GMACs",
+_add("gmacs_extractor", "flops", "the part of `gmacs` run inside the feature extractor's "
+     "modules (the model's `cost_parts()`, forward hooks on the counter's running total). For "
+     "two-stage detectors the trunk up to the cropped map: the last stage, run on each crop, "
+     "counts as head; for `torchvision` the backbone's `body` (SSD: `features`)",
+     unit="GMACs", label="Feature-extractor multiply-adds per image (GMACs)",
      short="extractor GMACs", cost=True, probe="flops")
-_add("gmacs_neck", "flops", "the share of the neck (extra layers, top-down context module)",
-     unit="GMACs", short="neck GMACs", probe="flops")
-_add("gmacs_head", "flops", "the share of the heads (prediction heads; RPN and box "
-     "classifier for two-stage)", unit="GMACs", short="head GMACs", probe="flops")
+_add("gmacs_neck", "flops", "the part of `gmacs` run inside the neck: the bottom-up extra "
+     "layers and the top-down context module (DSSD deconvolution, TCB, RefineNet) of "
+     "single-shot detectors; torchvision's FPN or SSD extra layers; 0 for detectors without "
+     "one (our Faster R-CNN and R-FCN)", unit="GMACs", short="neck GMACs", probe="flops")
+_add("gmacs_head", "flops", "the rest of `gmacs` (`gmacs - gmacs_extractor - gmacs_neck`): "
+     "the prediction heads (SSD/DSSD heads, RefineDet's ARM and ODM); for two-stage detectors "
+     "the RPN, RoIAlign and the box classifier with the extractor's last stage, on "
+     "`flops_num_proposals` crops", unit="GMACs", short="head GMACs", probe="flops")
 _add("gmacs_by_op", "flops", "`gmacs` split by operator", unit="GMACs", kind="object",
      probe="flops")
 _add("flops_uncounted_ops", "flops", "contraction-like operators without a formula "
