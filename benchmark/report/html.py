@@ -1,9 +1,14 @@
-"""``report.html``: one self-contained page (figures embedded as base64 PNG, inline CSS).
+"""``report.html``: one self-contained page (figures embedded as base64 PNG, inline CSS, the
+interactive frontiers' plotly.js inline).
 
-It can be mailed or attached to a CI run and opened anywhere, offline: no scripts, no
-external files. Sections: status counts, the critical points, the figures, the frontiers,
-every configuration, failed and skipped jobs with their errors, the jobs' data warnings, the
-device and software, and the timing protocol the numbers follow.
+It can be mailed or attached to a CI run and opened anywhere, offline: no external file, no
+network request. Sections: status counts, the critical points, the interactive frontiers,
+the figures, the frontiers, the analyses (the extractor comparison...), every configuration,
+failed and skipped jobs with their errors, the jobs' data warnings, the device and software,
+and the timing protocol the numbers follow.
+
+A view of its own (an analysis with its table and figures) is a :class:`Section` built in its
+own module and passed to :func:`render_html` by the writer; ``place`` says where it goes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +43,36 @@ CAPTIONS = {
     "fig09_memory.png": "Figure 9: memory per model.",
     "fig10_memory_vs_time.png": "Figure 10: memory vs time.",
     "fig11_map_iou.png": "Figure 11: mAP@.5 and mAP@.75 vs mAP@[.5:.95].",
+    "fig12_extractors.png": "Changing only the extractor: accuracy change vs latency ratio "
+    "against the reference extractor of the same setting, per meta-architecture.",
+    "fig13_gmacs_parts.png": "Where the multiply-adds go: extractor, neck and heads per model.",
 }
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the page with its own heading.
+
+    Attributes:
+        anchor: the ``id`` of its heading (``extractors``), for links.
+        title: the heading.
+        body: its HTML (built with :func:`table_html` / :func:`figures_html`).
+        place: ``frontiers`` (after the critical points: views of the frontiers themselves)
+            or ``analyses`` (after the frontier table: comparisons along one axis).
+        figures: the PNG names it embeds, which the general Figures section then leaves out.
+    """
+
+    anchor: str
+    title: str
+    body: str
+    place: str = "analyses"
+    figures: tuple[str, ...] = field(default=())
+
+    def render(self) -> str:
+        return f'<h2 id="{html.escape(self.anchor)}">{html.escape(self.title)}</h2>\n{self.body}'
+
+
+PLACES = ("frontiers", "analyses")
 
 
 def __getattr__(name: str):
@@ -112,15 +148,32 @@ def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     )
 
 
+def figures_html(figures: dict[str, Path]) -> str:
+    """The figures embedded as base64 PNG, each with its caption and links to its SVG and
+    PDF when they were written beside it."""
+    return _figures(figures)
+
+
+def table_html(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """A sortable table of ``df`` with the schema's headers and formats."""
+    return _table(df, columns)
+
+
 def _figures(figures: dict[str, Path]) -> str:
     parts = []
     for name, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         caption = html.escape(CAPTIONS.get(name, name))
+        # The vector copies beside the page (not embedded: a link fetches nothing until used).
+        vectors = " ".join(
+            f'<a href="{html.escape(Path(path).with_suffix(s).name)}">{s[1:].upper()}</a>'
+            for s in (".svg", ".pdf")
+            if Path(path).with_suffix(s).is_file()
+        )
         parts.append(
             f'<figure id="{html.escape(name)}"><img alt="{html.escape(name)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{caption} '
-            f"<code>{html.escape(name)}</code></figcaption></figure>"
+            f"<code>{html.escape(name)}</code> {vectors}</figcaption></figure>"
         )
     return (
         "\n".join(parts) or "<p><em>No figure: no job finished with accuracy and timing.</em></p>"
@@ -243,6 +296,7 @@ def render_html(
     accuracy: str = "map",
     selection: str = "",
     summary: pd.DataFrame | None = None,
+    sections: Sequence[Section] = (),
 ) -> str:
     """The report page as a string.
 
@@ -255,7 +309,14 @@ def render_html(
         accuracy: the accuracy column the frontiers maximize.
         selection: how the rows were chosen (``detbench-report --where``), shown when set.
         summary: the repeat summary of ``df`` (one row per configuration), if computed.
+        sections: views of their own (:class:`Section`), in order within their place.
     """
+    for section in sections:
+        if section.place not in PLACES:
+            raise ValueError(f"section {section.anchor!r}: place {section.place!r} not in {PLACES}")
+    placed = {p: "\n".join(s.render() for s in sections if s.place == p) for p in PLACES}
+    embedded = {name for s in sections for name in s.figures}
+    general = {name: path for name, path in figures.items() if name not in embedded}
     costs = list(dict.fromkeys(frontier["cost_column"])) if "cost_column" in frontier else []
     front_columns = ["axis", "critical", "vs_cheaper", "label", "neck", "n", accuracy, *costs]
     front_columns.append("job")
@@ -280,10 +341,12 @@ Device: {device}.{selected}</p>
 frontier point.</p>
 {_table(critical, front_columns)}
 {_noise(frontier, accuracy)}
+{placed["frontiers"]}
 <h2>Figures</h2>
-{_figures(figures)}
+{_figures(general)}
 <h2>Pareto frontiers</h2>
 {_table(frontier, front_columns)}
+{placed["analyses"]}
 <h2>All configurations</h2>
 {_table(df[df["status"] == "ok"] if not df.empty else df, schema.table_columns())}
 <h2>Failed and skipped jobs</h2>

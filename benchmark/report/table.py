@@ -23,7 +23,7 @@ import pandas as pd
 
 from benchmark import schema
 from benchmark.report.imagenet import imagenet_top1
-from benchmark.report.repeats import repeat_group
+from benchmark.report.repeats import extractor_group, repeat_group
 from benchmark.report.style import extractor_name
 from benchmark.results import RESULT_FILE
 
@@ -110,6 +110,7 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str | int | float | bool) or value is None:
             row.setdefault(column, value)
     row["repeat_group"] = repeat_group(record)  # rows sharing it are seed repeats
+    row["extractor_group"] = extractor_group(record)  # rows sharing it differ in the extractor
     return row
 
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from benchmark import schema
 from benchmark.report import cost_figures as cf
+from benchmark.report import extractors as ex
 from benchmark.report import paper_figures as pf
 from benchmark.report.figures import pareto_figure
 from benchmark.report.html import render_html
@@ -52,6 +53,8 @@ def figure_functions(accuracy: str = "map", costs: list[str] | None = None) -> d
             for cost, name in axis_names(costs).items()
         },
         **PAPER_FIGURES,
+        "fig12_extractors.png": lambda df: ex.extractor_change_figure(df, accuracy),
+        "fig13_gmacs_parts.png": ex.gmacs_parts_figure,
     }
 
 
@@ -100,8 +103,9 @@ def _write_text(path: Path, text: str) -> None:
 def save_figures(
     df: pd.DataFrame, out_dir: str | Path, figures: dict[str, FigureFn] | None = None
 ) -> dict[str, Path]:
-    """Write every applicable figure of ``figures`` (default :data:`FIGURES`) as PNG into
-    ``out_dir``; returns name -> path.
+    """Write every applicable figure of ``figures`` (default :data:`FIGURES`) into ``out_dir``
+    as PNG (for the page) and as SVG and PDF (vector, for papers: ``<stem>.svg``,
+    ``<stem>.pdf``); returns PNG name -> path.
 
     Figures of an earlier report that no longer apply are removed (also frontiers of cost
     axes not drawn this time), so a folder never shows a stale plot next to a new table.
@@ -109,19 +113,29 @@ def save_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = FIGURES if figures is None else figures
-    for stale in out_dir.glob("pareto_*.png"):
-        if stale.name not in figures:
-            stale.unlink(missing_ok=True)
+    stems = {Path(name).stem for name in figures}
+    for suffix in VECTOR_FORMATS + (".png",):
+        for stale in out_dir.glob(f"pareto_*{suffix}"):
+            if stale.stem not in stems:
+                stale.unlink(missing_ok=True)
     written = {}
     for name, make in figures.items():
         path = out_dir / name
         fig = make(df)
         if fig is None:
-            path.unlink(missing_ok=True)
+            for old in (path, *(path.with_suffix(s) for s in VECTOR_FORMATS)):
+                old.unlink(missing_ok=True)
             continue
         fig.savefig(path, dpi=RC["savefig.dpi"], facecolor="white")
+        for suffix in VECTOR_FORMATS:
+            # No creation date in the vector files: the same sweep gives the same bytes.
+            fig.savefig(path.with_suffix(suffix), facecolor="white", metadata=_NO_DATE[suffix])
         written[name] = path
     return written
+
+
+VECTOR_FORMATS = (".svg", ".pdf")
+_NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}
 
 
 def write_report(
@@ -131,6 +145,7 @@ def write_report(
     accuracy: str = "map",
     costs: list[str] | None = None,
     where: list[str] | None = None,
+    baseline: str | None = None,
 ) -> ReportSummary:
     """Aggregate ``sweep_dir`` and write the report files into ``out_dir`` (default: it).
 
@@ -140,14 +155,16 @@ def write_report(
         accuracy: the accuracy the frontiers maximize (:func:`benchmark.schema.accuracy_metrics`).
         costs: the cost columns to draw frontiers against (default: the schema's axes).
         where: row filters ``column=value[,value...]`` (:func:`select_rows`).
+        baseline: the reference extractor of the extractor comparison (default: the one in
+            most settings, :func:`benchmark.report.extractors.choose_baseline`).
 
     Returns:
         The counts by status and the written files (``results.csv``, ``summary.csv``,
         ``frontier.csv``, the PNGs and ``report.html``).
 
     Raises:
-        SelectionError: an unknown metric, cost or column, or a malformed filter; nothing
-            is written then.
+        SelectionError: an unknown metric, cost, column or baseline extractor, or a
+            malformed filter; nothing is written then.
     """
     check_choices(accuracy, costs)
     sweep_dir = Path(sweep_dir)
@@ -157,7 +174,16 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize_repeats(df)  # one row per configuration: seed repeats aggregated
     front = frontier_table(summary, accuracy, axis_names(costs))
-    tables = {"results.csv": df, "summary.csv": summary, "frontier.csv": front}
+    try:
+        pairs = ex.comparison_table(summary, accuracy, baseline)
+    except ex.UnknownBaselineError as e:
+        raise SelectionError(str(e)) from None
+    tables = {
+        "results.csv": df,
+        "summary.csv": summary,
+        "frontier.csv": front,
+        "extractors.csv": pairs.drop(columns=["extractor_group"]),
+    }
     files = {name: out_dir / name for name in tables}
     for name, table in tables.items():
         _write_text(
@@ -165,6 +191,20 @@ def write_report(
         )
     figures = save_figures(df, out_dir, figure_functions(accuracy, costs))
     files.update(figures)
+    for name, path in figures.items():
+        files.update({f"{Path(name).stem}{s}": path.with_suffix(s) for s in VECTOR_FORMATS})
+    scratch = "pretrained" in df and bool(
+        df.loc[df["status"] == "ok", "pretrained"].eq(False).any()
+    )
+    sections = [
+        ex.extractor_section(
+            pairs,
+            ex.classifier_answers(summary, accuracy),
+            figures,
+            accuracy=accuracy,
+            scratch=scratch,
+        )
+    ]
     page = render_html(
         df,
         front,
@@ -174,6 +214,7 @@ def write_report(
         accuracy=accuracy,
         selection=selection,
         summary=summary,
+        sections=sections,
     )
     files["report.html"] = out_dir / "report.html"
     _write_text(files["report.html"], page)
