@@ -73,6 +73,12 @@ class Section:
 
 
 PLACES = ("frontiers", "analyses")
+# The page may load nothing: its scripts, styles and images are inline (data: URIs), and the
+# browser refuses any other request (plotly.js cannot reach a CDN or a font server either).
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:"
+)
 
 
 def __getattr__(name: str):
@@ -365,6 +371,7 @@ intervals), <code>frontier.csv</code> (computed on the summary), the PNG figures
 """
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>detbench: {html.escape(title)}</title><style>{_CSS}</style></head>"
         f"<body>{body}</body></html>\n"
     )

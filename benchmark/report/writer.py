@@ -20,6 +20,7 @@ from benchmark.report import extractors as ex
 from benchmark.report import paper_figures as pf
 from benchmark.report.figures import pareto_figure
 from benchmark.report.html import render_html
+from benchmark.report.interactive import interactive_section
 from benchmark.report.pareto import frontier_table
 from benchmark.report.repeats import summarize_repeats
 from benchmark.report.select import SelectionError, check_choices, select_rows
@@ -197,13 +198,14 @@ def write_report(
         df.loc[df["status"] == "ok", "pretrained"].eq(False).any()
     )
     sections = [
+        interactive_section(summary, axis_names(costs), accuracy),
         ex.extractor_section(
             pairs,
             ex.classifier_answers(summary, accuracy),
             figures,
             accuracy=accuracy,
             scratch=scratch,
-        )
+        ),
     ]
     page = render_html(
         df,
