@@ -149,6 +149,16 @@ window.addEventListener("load", () => setTimeout(() => {
       out.after = points();
       out.resources = performance.getEntriesByType("resource").map(r => r.name);
       out.refused = window.__refused;
+      // Sort "All configurations" by latency: one click ascending, a second descending.
+      const table = [...document.querySelectorAll("h2")]
+        .find(h => h.textContent === "All configurations").nextElementSibling;
+      const heads = [...table.querySelectorAll("thead th")];
+      const col = heads.findIndex(h => h.textContent.startsWith("latency (ms)"));
+      const column = () => [...table.tBodies[0].rows].map(r => parseFloat(r.cells[col].dataset.v));
+      heads[col].click();
+      out.ascending = column();
+      heads[col].click();
+      out.descending = column();
       const pre = document.createElement("pre");
       pre.id = "probe";
       pre.textContent = JSON.stringify(out);
@@ -179,8 +189,9 @@ def _interact(chromium: str, tmp: Path, page: str) -> dict:
 def test_interactive_frontier_hover_legend_offline(chromium, tmp_path, fake_report):
     """Hover shows the configuration and its numbers (the fake's SSD w/ MobileNet v1 at 300 px:
     AP 0.32 * 0.78 * 0.70 * 0.84 = 14.7 %, latency 12 ms, 3 GMACs, 40 + 25 = 65 MiB; see
-    report_fakes.fake_result), a legend click hides that meta-architecture's points, and the
-    page loads nothing: no resource fetched, no request refused by its policy."""
+    report_fakes.fake_result), a legend click hides that meta-architecture's points, a table
+    header click sorts by the raw numbers (again: reversed), and the page loads nothing: no
+    resource fetched, no request refused by its policy."""
     page = (fake_report.folder / "report.html").read_text()
     out = _interact(chromium, tmp_path, page)
     assert [name for name, _ in out["traces"][:5]] == [
@@ -202,6 +213,8 @@ def test_interactive_frontier_hover_legend_offline(chromium, tmp_path, fake_repo
         assert text in hover, (text, hover)
     assert out["visible"][0] == "legendonly" and all(v is True for v in out["visible"][1:])
     assert out["before"] - out["after"] == 8  # SSD's points gone: 4 extractors x 2 sizes
+    assert len(out["ascending"]) == 89 and out["ascending"] == sorted(out["ascending"])
+    assert out["descending"] == sorted(out["ascending"], reverse=True)
     assert out["resources"] == [] and out["refused"] == []
 
 

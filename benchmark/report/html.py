@@ -16,10 +16,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark import schema
@@ -101,10 +103,37 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bo
 .ok{color:#1a7f37}.skipped{color:#9a6700}.failed{color:#cf222e}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#444;font-size:.92em;margin-top:.3em}
-table.tbl{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto}
-table.tbl th,table.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}
-table.tbl th{background:#f6f8fa}
+table.tbl{border-collapse:collapse;font-size:.8em;margin:.5em 0}
+table.tbl th,table.tbl td{border:1px solid #ddd;padding:3px 6px;text-align:left}
+table.tbl td{white-space:nowrap}table.tbl td.num{text-align:right}
+table.tbl td.wrap{white-space:normal;min-width:12em;max-width:26em}
+table.tbl td.path{white-space:normal;word-break:break-all;min-width:14em;font-size:.9em}
+table.tbl th{background:#f6f8fa;cursor:pointer;vertical-align:bottom}
+table.tbl th[data-dir=asc]::after{content:" \\25B2"}table.tbl th[data-dir=desc]::after{content:" \\25BC"}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em;white-space:pre-wrap}
+"""
+
+
+# Click a header to sort its table by it (numbers by their raw value, ``data-v``; empty
+# cells last), click again to reverse. A few lines rather than a library: nothing to fetch.
+_SORT_JS = """
+document.querySelectorAll("table.tbl").forEach(t => t.querySelectorAll("thead th").forEach(
+  (th, i) => th.addEventListener("click", () => {
+    const dir = th.dataset.dir === "asc" ? -1 : 1;
+    t.querySelectorAll("thead th").forEach(h => delete h.dataset.dir);
+    th.dataset.dir = dir > 0 ? "asc" : "desc";
+    const key = r => { const c = r.cells[i]; return c.dataset.v === undefined ?
+      c.textContent : (c.dataset.v === "" ? NaN : parseFloat(c.dataset.v)); };
+    const rows = [...t.tBodies[0].rows].sort((a, b) => {
+      const x = key(a), y = key(b);
+      if (typeof x === "number") {
+        if (isNaN(x) || isNaN(y)) return isNaN(x) - isNaN(y);
+        return dir * (x - y);
+      }
+      return dir * String(x).localeCompare(String(y), undefined, {numeric: true});
+    });
+    rows.forEach(r => t.tBodies[0].appendChild(r));
+  })));
 """
 
 
@@ -142,7 +171,12 @@ def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
             low, high = (full.at[index, c] for c in intervals[column])
             if pd.notna(low) and pd.notna(high):
                 text += f" [{_cell(column, low)}, {_cell(column, high)}]"
-        return f"<td>{text}</td>"
+        if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+            # The raw number sorts the column (what is shown is rounded or in percent).
+            raw = "" if pd.isna(value) else repr(float(value))
+            return f'<td class="num" data-v="{raw}">{text}</td>'
+        kind = "path" if column in ("job", "jobs", "job_dir") else "wrap" if len(text) > 40 else ""
+        return f'<td class="{kind}">{text}</td>' if kind else f"<td>{text}</td>"
 
     body = [
         "<tr>" + "".join(cell(index, c, v) for c, v in row.items()) + "</tr>"
@@ -373,5 +407,5 @@ intervals), <code>frontier.csv</code> (computed on the summary), the PNG figures
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>detbench: {html.escape(title)}</title><style>{_CSS}</style></head>"
-        f"<body>{body}</body></html>\n"
+        f"<body>{body}<script>{_SORT_JS}</script></body></html>\n"
     )
