@@ -232,7 +232,8 @@ class ClassifierAnswer:
                 "known ImageNet top-1."
             )
         text = (
-            f"{self.name}: {self.verdict}: in {self.agree} of {self.pairs} pairs "
+            f"{self.name}: {self.verdict}: in {self.agree} of {self.pairs} "
+            f"pair{'s' if self.pairs != 1 else ''} "
             f"({self.settings} setting{'s' if self.settings != 1 else ''}) the extractor with "
             f"the higher ImageNet top-1 gave the higher {short}"
         )
