@@ -50,17 +50,26 @@ HOVER_COLUMNS = ("latency_ms", "gmacs", "peak_mem_mb", "params", "gmacs_extracto
 CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def _hover(row: pd.Series, cost: str, accuracy: str) -> str:
+def _hover(row: dict, cost: str, accuracy: str) -> str:
     """``<b>SSD w/ ResNet-18, 300 px</b><br>AP 23.2% [21.0, 25.1]<br>latency 7.21 ms...``."""
     lines = [f"<b>{html.escape(str(row['label']))}</b>"]
     columns = [accuracy, cost, *(c for c in HOVER_COLUMNS if c != cost)]
     for column in dict.fromkeys(columns):
         if column in row and pd.notna(row[column]):
-            lines.append(html.escape(named_value(column, row[column], row.to_dict())))
+            lines.append(html.escape(named_value(column, row[column], row)))
     if isinstance(row.get("n"), int | float) and row["n"] > 1:
         lines.append(f"{int(row['n'])} seeds (mean)")
     lines.append(f"<i>{html.escape(str(row.get('jobs') or row.get('job')))}</i>")
     return "<br>".join(lines)
+
+
+def _records(rows: pd.DataFrame, cost: str, accuracy: str) -> list[dict]:
+    """The rows as dicts of the columns a hover box reads (values and their intervals)."""
+    wanted = ["label", "n", "jobs", "job", accuracy, cost, *HOVER_COLUMNS]
+    for column in list(wanted):
+        key = schema.KEYS.get(column)
+        wanted += list(key.interval) if key is not None and key.interval else []
+    return rows[[c for c in dict.fromkeys(wanted) if c in rows]].to_dict("records")
 
 
 def frontier_plot(summary: pd.DataFrame, cost: str, accuracy: str = "map") -> go.Figure | None:
@@ -110,7 +119,7 @@ def frontier_plot(summary: pd.DataFrame, cost: str, accuracy: str = "map") -> go
                     "line": {"width": 0.8, "color": "black"},
                 },
                 error_y=error,
-                hovertext=[_hover(r, cost, accuracy) for _, r in group.iterrows()],
+                hovertext=[_hover(r, cost, accuracy) for r in _records(group, cost, accuracy)],
                 hovertemplate="%{hovertext}<extra>" + html.escape(family) + "</extra>",
                 customdata=[[str(e)] for e in group["extractor"]],
             )

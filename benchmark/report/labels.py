@@ -77,7 +77,8 @@ def label_points(
     frame = ax.get_window_extent(renderer)
     numbered = []
     for (_, row), text in zip(points.iterrows(), texts, strict=True):
-        own = _marker_boxes(ax, np.array([row[x]]), np.array([row[y]]))[0]
+        own = _marker_boxes(ax, np.array([row[x]]), np.array([row[y]]))[0].bounds
+        others = [b for b in taken if b.bounds != own]  # its own marker may touch its label
         placed = None
         for offset, ha, va in CANDIDATES:
             label = ax.annotate(
@@ -105,7 +106,6 @@ def label_points(
             box = Text.get_window_extent(label, renderer)  # the text, not its hairline
             inside = frame.containsx(box.x0) and frame.containsx(box.x1)
             inside = inside and frame.containsy(box.y0) and frame.containsy(box.y1)
-            others = [b for b in taken if not np.allclose(b.bounds, own.bounds)]
             if inside and not _boxes_overlap(box, others):
                 placed = label
                 taken.append(box)
