@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -213,6 +214,13 @@ def test_results_table_and_report_files(smoke):
     for column in ("map", "map_50", "latency_ms", "gmacs", "peak_mem_mb", "params"):
         assert ok[column].notna().all(), column
     assert (ok["latency_ms"] > 0).all() and (ok["gmacs"] > 0).all()
+    parts = ok[["gmacs_extractor", "gmacs_neck", "gmacs_head"]].sum(axis=1)
+    assert (ok["gmacs_extractor"] > 0).all() and np.allclose(parts, ok["gmacs"], rtol=1e-9)
+    page = (smoke.sweep / "report.html").read_text()
+    assert '<h2 id="extractors">Feature extractors</h2>' in page  # the extractor view
+    assert 'id="frontier-latency"' in page  # the interactive frontier (plotly.js inline)
+    assert (smoke.sweep / "pareto_latency.svg").is_file()
+    assert (smoke.sweep / "pareto_latency.pdf").is_file()
     two_stage = ok[ok["meta_arch"].isin(["faster_rcnn", "rfcn"])]
     assert two_stage["num_proposals"].notna().all()
     frontier = pd.read_csv(smoke.sweep / "frontier.csv")
