@@ -104,16 +104,19 @@ def frontier_plot(summary: pd.DataFrame, cost: str, accuracy: str = "map") -> go
                 "width": 2,
                 "color": "rgba(80,80,80,0.6)",
             }
+        name = meta_arch_name(meta, rows)
+        symbol = SYMBOLS.get(marker_for(meta), "circle")
         fig.add_trace(
             go.Scatter(
                 x=group[cost].tolist(),
                 y=(100 * group[accuracy]).tolist(),
                 mode="markers",
-                name=meta_arch_name(meta, rows),
-                legendgroup=family,
-                legendgrouptitle_text=None if family in families else family,
+                name=name,
+                legendgroup=str(meta),
+                showlegend=False,  # the grey entry below stands for it (colour = extractor)
+                meta=family,
                 marker={
-                    "symbol": SYMBOLS.get(marker_for(meta), "circle"),
+                    "symbol": symbol,
                     "color": [to_hex(colour_for(e)) for e in group["extractor"]],
                     "size": 11,
                     "line": {"width": 0.8, "color": "black"},
@@ -122,6 +125,25 @@ def frontier_plot(summary: pd.DataFrame, cost: str, accuracy: str = "map") -> go
                 hovertext=[_hover(r, cost, accuracy) for r in _records(group, cost, accuracy)],
                 hovertemplate="%{hovertext}<extra>" + html.escape(family) + "</extra>",
                 customdata=[[str(e)] for e in group["extractor"]],
+            )
+        )
+        # Its legend entry: the shape in grey (a legend swatch would take the colour of one
+        # extractor); clicking it toggles the meta-architecture's points (same legendgroup).
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                legendgroup=str(meta),
+                meta=family,
+                marker={
+                    "symbol": symbol,
+                    "color": "#9a9a9a",
+                    "size": 11,
+                    "line": {"width": 0.8, "color": "black"},
+                },
+                hoverinfo="skip",
             )
         )
         families[family] = True
@@ -161,7 +183,7 @@ def frontier_plot(summary: pd.DataFrame, cost: str, accuracy: str = "map") -> go
         title={"text": f"{_short(accuracy)} vs {_short(cost)}", "x": 0.5},
         xaxis={"title": {"text": schema.label(cost)}, "type": "log" if log else "linear"},
         yaxis={"title": {"text": f"{schema.label(accuracy)} (%)"}, "rangemode": "tozero"},
-        legend={"groupclick": "toggleitem", "title": {"text": "Meta-architecture"}},
+        legend={"groupclick": "togglegroup", "title": {"text": "Meta-architecture"}},
         hoverlabel={"align": "left"},
     )
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
@@ -172,7 +194,7 @@ def frontier_plot(summary: pd.DataFrame, cost: str, accuracy: str = "map") -> go
 def _family_buttons(fig: go.Figure) -> dict:
     """plotly buttons "all" / one per family: show only that family's meta-architectures
     (the others stay in the legend, greyed, as after a legend click); the frontier stays."""
-    groups = [trace.legendgroup for trace in fig.data]
+    groups = [trace.meta for trace in fig.data]
     families = list(dict.fromkeys(g for g in groups if g))
 
     def visible(family: str | None) -> list:
