@@ -305,11 +305,13 @@ def summary_lines(table: pd.DataFrame, accuracy: str = "map") -> list[str]:
             ratios = ", ".join(
                 f"{name.split('_')[0]} {format_value(name, row[name])}" for name in RATIOS
             )
-            share = format_value("extractor_share", row["extractor_share"])
+            share = ""
+            if pd.notna(row["extractor_share"]):  # results from before the parts were counted
+                share = f", extractor {format_value('extractor_share', row['extractor_share'])} %"
+                share += " of GMACs"
             lines.append(
                 f"  {extractor_name(row['extractor']):<24} {format_value(accuracy, row[accuracy]):>5}"
-                f" ({'+' if row['accuracy_change'] > 0 else ''}{change} points), {ratios}, "
-                f"extractor {share} % of GMACs"
+                f" ({'+' if row['accuracy_change'] > 0 else ''}{change} points), {ratios}{share}"
             )
     return lines
 
