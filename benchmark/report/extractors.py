@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from benchmark import schema
 from benchmark.report.repeats import summarize_repeats
@@ -362,6 +362,8 @@ def extractor_change_figure(df: pd.DataFrame, accuracy: str = "map") -> Figure |
             f"{meta_arch_name(meta, summary)} ({settings} setting{'s' if settings > 1 else ''})"
         )
         ax.set_xscale("log")
+        # Ratios often span less than a decade: ticks at 1, 1.5, 2, 3, 5 of each.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     for ax in axes[len(metas) :]:
