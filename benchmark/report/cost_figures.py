@@ -60,9 +60,10 @@ def latency_breakdown_figure(df: pd.DataFrame) -> Figure | None:
             color="0.25",
         )
     fg.set_log_axis(left_ax, "x", rows["latency_ms"])
-    left_ax.set_xlim(
-        right=rows["latency_ms"].max() * (2.2 if left_ax.get_xscale() == "log" else 1.2)
-    )
+    if left_ax.get_xscale() == "log":  # bars start left of the fastest, so it has a length
+        left_ax.set_xlim(rows["latency_ms"].min() / 3, rows["latency_ms"].max() * 2.2)
+    else:
+        left_ax.set_xlim(0, rows["latency_ms"].max() * 1.2)
     left_ax.set_xlabel("End-to-end median per image, batch 1 (ms); whisker to p90")
     left_ax.set_yticks(
         y, [t.replace("\n", " w/ ", 1).replace("\n", " ") for t in fg.tick_labels(rows)], fontsize=8
