@@ -27,6 +27,14 @@ META = {
     "rfcn": (1.8, 0.93),
 }
 TWO_STAGE = ("faster_rcnn", "rfcn")
+# Shares of the multiply-adds in the extractor and the neck (the head has the rest).
+PARTS = {
+    "ssd": (0.75, 0.10),
+    "dssd": (0.55, 0.30),
+    "refinedet": (0.60, 0.20),
+    "faster_rcnn": (0.50, 0.0),
+    "rfcn": (0.80, 0.0),
+}
 TARGETS = {  # the classes the sweeps/meta_arch/*.yaml options build
     "ssd": "models.meta_arch.single_shot.SSD",
     "dssd": "models.meta_arch.single_shot.DSSD",
@@ -61,6 +69,8 @@ def fake_result(
     stride_f = 1.12 if stride == 8 else 1.0
     m = 0.32 * acc * macc * prop * res_acc * (1.04 if stride == 8 else 1.0)
     latency = 12.0 * cost * mcost * scale * prop_cost * stride_f**3
+    gmacs = 3.0 * cost * mcost * scale * prop_cost * stride_f**3
+    extractor_share, neck_share = PARTS[meta]
     config = {
         "meta_arch": {"_target_": TARGETS[meta]},
         "extractor": {"output_stride": stride},
@@ -93,7 +103,10 @@ def fake_result(
         "preprocess_ms": 0.4,
         "predict_ms": latency * 0.8,
         "postprocess_ms": latency * 0.2 - 0.4,
-        "gmacs": 3.0 * cost * mcost * scale * prop_cost * stride_f**3,
+        "gmacs": gmacs,
+        "gmacs_extractor": extractor_share * gmacs,
+        "gmacs_neck": neck_share * gmacs,
+        "gmacs_head": (1 - extractor_share - neck_share) * gmacs,
         "peak_mem_mb": 40 * cost + 25 * mcost * scale * prop_cost,
         "train_peak_mem_mb": 300 * cost,
         "params": int(5e6 * cost * mcost),

@@ -17,7 +17,7 @@ from torchvision.models.detection import (
     ssdlite320_mobilenet_v3_large,
 )
 
-from benchmark.measure.flops import count_forward, count_predict, roi_align_macs
+from benchmark.measure.flops import count_forward, count_predict, flop_keys, roi_align_macs
 from models.meta_arch.torchvision_ref import TorchvisionDetector
 
 
@@ -129,3 +129,77 @@ def test_uncounted_contractions_are_listed():
 
     report = count_predict(Pooled(), torch.rand(1, 4, 16, 16))
     assert report.uncounted_ops == ["torchvision.roi_pool"] and report.gmacs == 0
+
+
+def _alone(fn, *args) -> float:
+    """GMACs of one call counted on its own (a second, independent count)."""
+    with torch.inference_mode(), torch.utils.flop_counter.FlopCounterMode(display=False) as c:
+        fn(*args)
+    return c.get_total_flops() / 2e9
+
+
+def test_parts_of_ssd_by_hand():
+    """SSD's split: extractor and neck as each counts alone on the same input; the head by
+    hand, two 3x3 convolutions per prediction map (C_k -> a_k (K+1) scores and a_k 4
+    offsets): sum_k H_k W_k 9 C_k a_k (K + 1 + 4) multiply-adds."""
+    from models.extractors.timm_extractor import TimmExtractor
+    from models.meta_arch.single_shot import SSD
+
+    torch.manual_seed(0)
+    model = SSD(extractor=TimmExtractor(model_name="resnet18"), num_classes=3).eval()
+    x = torch.rand(1, 3, 96, 96)
+    report = count_predict(model, x)
+    with torch.inference_mode():
+        maps = model.features(x)
+        source = model.extractor(x)
+    channels = [m.shape[1] for m in maps]
+    head = sum(
+        m.shape[2] * m.shape[3] * 9 * c * a * (3 + 1 + 4)
+        for m, c, a in zip(maps, channels, model.anchors_per_location, strict=True)
+    )
+    assert report.by_part["head"] == pytest.approx(head / 1e9, rel=1e-9)
+    assert report.by_part["extractor"] == pytest.approx(_alone(model.extractor, x), rel=1e-9)
+    assert report.by_part["neck"] == pytest.approx(_alone(model.neck, source), rel=1e-9)
+    assert sum(report.by_part.values()) == pytest.approx(report.gmacs, rel=1e-9)
+    keys = flop_keys(report)
+    assert keys["gmacs_head"] == report.by_part["head"] and keys["gmacs_neck"] > 0
+
+
+def test_parts_of_two_stage_head_holds_the_crops():
+    """Faster R-CNN: the extractor is the trunk (as counted alone); RoIAlign and the last
+    stage run on the crops are head work, so the head is at least RoIAlign plus that stage
+    on ``num_proposals`` crops."""
+    from functools import partial
+
+    from models.extractors.timm_extractor import TimmExtractor
+    from models.heads.box_head import BoxHead
+    from models.meta_arch.two_stage import FasterRCNN
+
+    torch.manual_seed(0)
+    model = FasterRCNN(
+        extractor=TimmExtractor(model_name="resnet18"),
+        num_classes=3,
+        box_head=partial(BoxHead, batch_size=16),
+        num_proposals=6,
+    ).eval()
+    x = torch.rand(1, 3, 96, 96)
+    report = count_predict(model, x)
+    assert report.by_part["extractor"] == pytest.approx(_alone(model.extractor, x), rel=1e-9)
+    assert report.by_part["neck"] == 0
+    classifier = model.box_head.classifier
+    side = classifier.crop_size // classifier.pool_kernel
+    on_crops = _alone(classifier.stage, torch.rand(6, model.crop_info.channels, side, side))
+    assert report.by_part["head"] >= on_crops + report.by_op["torchvision.roi_align"]
+    assert sum(report.by_part.values()) == pytest.approx(report.gmacs, rel=1e-9)
+
+
+def test_parts_of_torchvision_ssdlite():
+    """torchvision's SSDlite: ``features`` is the extractor, its ``extra`` ModuleList the neck
+    (its blocks are called one by one, never the list): together the backbone counted alone."""
+    model = TorchvisionDetector(name="ssdlite320_mobilenet_v3_large", num_classes=3, image_size=160)
+    x = model.preprocess([torch.rand(3, 160, 160)]).tensor
+    report = count_predict(model, x)
+    backbone = _alone(model.model.backbone, x)
+    assert report.by_part["neck"] > 0 and report.by_part["extractor"] > 0
+    assert report.by_part["extractor"] + report.by_part["neck"] == pytest.approx(backbone, rel=1e-9)
+    assert sum(report.by_part.values()) == pytest.approx(report.gmacs, rel=1e-9)

@@ -42,6 +42,9 @@ FILLED = (
     "throughput_ips",
     "timing_n",
     "gmacs",
+    "gmacs_extractor",
+    "gmacs_neck",
+    "gmacs_head",
     "peak_mem_mb",
     "train_peak_mem_mb",
     "params",
@@ -116,6 +119,8 @@ def check_complete(result: dict, out: Path) -> None:
     stages = result["preprocess_ms"] + result["predict_ms"] + result["postprocess_ms"]
     assert stages == pytest.approx(result["latency_ms"], rel=0.05)
     assert result["gmacs"] > 0 and 0 < result["peak_fraction"] < 2
+    parts = result["gmacs_extractor"] + result["gmacs_neck"] + result["gmacs_head"]
+    assert parts == pytest.approx(result["gmacs"], rel=1e-9) and result["gmacs_extractor"] > 0
     assert result["peak_mem_mb"] > 0 and result["train_peak_mem_mb"] > result["peak_mem_mb"]
     # Within the budget (half the free memory): both measured at the batch they are for.
     assert result["mem_budget_mb"] > 0 and result["input_shape"] == [96, 96]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from benchmark.report import (
 )
 from benchmark.report.callback import failed_since
 from benchmark.report.cli import main as report_cli
+from benchmark.report.html import CSP
 from benchmark.report.imagenet import imagenet_top1
 from benchmark.report.pareto import critical_points, sweet_spot
 
@@ -171,8 +173,14 @@ def test_write_report_writes_every_file(fake_report):
 
 def test_report_html_is_self_contained_and_lists_problems(fake_report):
     page = (fake_report.folder / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(FIGURES)
-    assert 'src="http' not in page and "<script" not in page
+    embedded = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
+    assert sorted(embedded) == sorted(FIGURES)
+    # Self-contained: nothing the page refers to by address (scripts are inline: plotly.js,
+    # the table sorter), and its policy forbids any load (the Chromium test tries one).
+    assert not re.search(
+        r'<(?:script|img|link|iframe|source)\b[^>]*\s(?:src|href)="(?!data:)', page
+    )
+    assert f'<meta http-equiv="Content-Security-Policy" content="{CSP}">' in page
     assert "Invalid learning rate" in page and "cannot split its last stage" in page
     assert "traceback: meta_arch=ssd,extractor=mobilenet_v1,train.optimizer.lr=-1" in page
     assert ENV["device_name"] in page and ENV["torch_version"] in page

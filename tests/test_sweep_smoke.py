@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -213,6 +214,13 @@ def test_results_table_and_report_files(smoke):
     for column in ("map", "map_50", "latency_ms", "gmacs", "peak_mem_mb", "params"):
         assert ok[column].notna().all(), column
     assert (ok["latency_ms"] > 0).all() and (ok["gmacs"] > 0).all()
+    parts = ok[["gmacs_extractor", "gmacs_neck", "gmacs_head"]].sum(axis=1)
+    assert (ok["gmacs_extractor"] > 0).all() and np.allclose(parts, ok["gmacs"], rtol=1e-9)
+    page = (smoke.sweep / "report.html").read_text()
+    assert '<h2 id="extractors">Feature extractors</h2>' in page  # the extractor view
+    assert 'id="frontier-latency"' in page  # the interactive frontier (plotly.js inline)
+    assert (smoke.sweep / "pareto_latency.svg").is_file()
+    assert (smoke.sweep / "pareto_latency.pdf").is_file()
     two_stage = ok[ok["meta_arch"].isin(["faster_rcnn", "rfcn"])]
     assert two_stage["num_proposals"].notna().all()
     frontier = pd.read_csv(smoke.sweep / "frontier.csv")
@@ -245,7 +253,10 @@ def test_report_cli_console_script(smoke, tmp_path):
     assert "jobs:" in done.stdout and (tmp_path / "report.html").is_file()
 
 
-def test_notebook_runs_on_the_smoke_sweep(smoke, monkeypatch):
+def test_notebook_runs_on_the_smoke_sweep(smoke, monkeypatch, tmp_path):
+    """From a working directory outside the repository (the notebook finds its paths from
+    the package); its extractor cell pairs like for like (the smoke sweep has one extractor:
+    nothing to pair, and it says so rather than averaging)."""
     import nbclient  # dev extras (pyproject.toml): a missing one is a failure, not a skip
     import nbformat
 
@@ -255,8 +266,10 @@ def test_notebook_runs_on_the_smoke_sweep(smoke, monkeypatch):
         notebook,
         timeout=300,
         kernel_name="python3",
-        resources={"metadata": {"path": str(REPO / "notebooks")}},
+        resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "No setting of this sweep has two extractors: nothing to pair" in printed
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the three frontiers

@@ -6,6 +6,13 @@ RoIAlign and PS-RoIAlign, whose formulas are registered here. Element-wise opera
 normalization, activations, pooling, resizing and NMS are not counted. ``FlopCounterMode``
 reports FLOPs = 2 x MACs for every formula, so ``gmacs = flops / 2 / 1e9``.
 
+``gmacs_extractor``, ``gmacs_neck`` and ``gmacs_head`` split ``gmacs`` by part: the model's
+``cost_parts()`` names the extractor's and the neck's modules; forward hooks on them read the
+counter's running total before and after each call, so a part gets exactly what ran inside
+it, and the head is the rest of ``predict`` (prediction heads; for two-stage detectors the
+RPN, RoIAlign and the box classifier, including the extractor's last stage run on the crops).
+The three add up to ``gmacs``.
+
 ``gmacs_conv`` is the convolutions alone (``aten.convolution``): the part of the count that
 does not depend on how many RoIs reach a linear box head, and what torchvision's published
 ``_ops`` are for its MobileNet Faster R-CNNs (docs/measurement.md, "Cross-check").
@@ -68,6 +75,8 @@ _CONTRACTION_TOKENS = frozenset(
         "rnn",
     }
 )
+# The parts ``gmacs`` is split into (``gmacs_<part>`` result keys).
+PARTS = ("extractor", "neck", "head")
 # Bilinear interpolation reads 4 neighbours and weights each: 4 multiply-adds per sample.
 BILINEAR_MACS = 4
 
@@ -224,28 +233,78 @@ class FlopReport:
         uncounted_ops: contraction-like operators that ran but have no formula (their
             cost is missing from ``gmacs``); empty when the count is complete.
         num_proposals: RoIs per image the count was made at (two-stage hook), else None.
+        by_part: GMACs of ``extractor``, ``neck`` and ``head`` (summing to ``gmacs``) when
+            the model declares ``cost_parts()``, else empty.
     """
 
     gmacs: float
     by_op: dict[str, float] = field(default_factory=dict)
     uncounted_ops: list[str] = field(default_factory=list)
     num_proposals: int | None = None
+    by_part: dict[str, float] = field(default_factory=dict)
 
     @property
     def gmacs_conv(self) -> float:
         return sum(v for op, v in self.by_op.items() if _is_convolution(op))
 
 
-def _count(fn, *args) -> FlopReport:
-    with torch.inference_mode(), _Counter() as counter:
+@contextlib.contextmanager
+def _part_hooks(counter: FlopCounterMode, parts: dict[str, list[nn.Module]]):
+    """Attribute the counter's FLOPs to ``parts`` while active; yields part -> FLOPs.
+
+    A pre-hook notes the running total when a module of a part is entered, the hook adds the
+    difference when it returns. Every submodule is hooked too, since a container may be
+    iterated rather than called (torchvision's SSDlite runs ``for block in self.features``);
+    nested calls within a part are counted once, at the outermost.
+    """
+    totals = dict.fromkeys(parts, 0)
+    depth = dict.fromkeys(parts, 0)
+    start = {}
+    handles = []
+
+    def enter(name):
+        def hook(module, args):
+            if depth[name] == 0:
+                start[name] = counter.get_total_flops()
+            depth[name] += 1
+
+        return hook
+
+    def leave(name):
+        def hook(module, args, output):
+            depth[name] -= 1
+            if depth[name] == 0:
+                totals[name] += counter.get_total_flops() - start[name]
+
+        return hook
+
+    try:
+        for name, modules in parts.items():
+            for module in {id(m): m for top in modules for m in top.modules()}.values():
+                handles.append(module.register_forward_pre_hook(enter(name)))
+                handles.append(module.register_forward_hook(leave(name)))
+        yield totals
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _count(fn, *args, parts: dict[str, list[nn.Module]] | None = None) -> FlopReport:
+    with torch.inference_mode(), _Counter() as counter, _part_hooks(counter, parts or {}) as by:
         fn(*args)
     by_op: dict[str, float] = defaultdict(float)
     for op, flops in counter.get_flop_counts().get("Global", {}).items():
         by_op[str(op)] += flops / 2e9
+    total = counter.get_total_flops()
+    by_part = {}
+    if parts:
+        by_part = {name: flops / 2e9 for name, flops in by.items()}
+        by_part["head"] = (total - sum(by.values())) / 2e9
     return FlopReport(
-        gmacs=counter.get_total_flops() / 2e9,
+        gmacs=total / 2e9,
         by_op=dict(by_op),
         uncounted_ops=sorted(op for op in counter.no_formula if _is_contraction(op)),
+        by_part=by_part,
     )
 
 
@@ -260,8 +319,10 @@ def count_predict(model: nn.Module, images: Tensor) -> FlopReport:
     model.eval()
     hook = getattr(model, "flop_count_mode", None)
     ctx = hook() if callable(hook) else contextlib.nullcontext()
+    declared = getattr(model, "cost_parts", None)
+    parts = declared() if callable(declared) else None
     with ctx:
-        report = _count(model.predict, images)
+        report = _count(model.predict, images, parts=parts)
     if callable(hook):
         report.num_proposals = getattr(model, "num_proposals", None)
     return report
@@ -279,10 +340,16 @@ def flop_keys(report: FlopReport | None) -> dict[str, Any]:
     if report is None:
         return dict.fromkeys(
             ("gmacs", "gmacs_conv", "gmacs_by_op", "flops_uncounted_ops", "flops_num_proposals")
+            + tuple(f"gmacs_{part}" for part in PARTS)
         )
+
+    def finite(value: float | None) -> float | None:
+        return value if value is not None and math.isfinite(value) else None
+
     return {
-        "gmacs": report.gmacs if math.isfinite(report.gmacs) else None,
-        "gmacs_conv": report.gmacs_conv if math.isfinite(report.gmacs_conv) else None,
+        "gmacs": finite(report.gmacs),
+        "gmacs_conv": finite(report.gmacs_conv),
+        **{f"gmacs_{part}": finite(report.by_part.get(part)) for part in PARTS},
         "gmacs_by_op": report.by_op,
         "flops_uncounted_ops": report.uncounted_ops,
         "flops_num_proposals": report.num_proposals,

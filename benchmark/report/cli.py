@@ -15,6 +15,7 @@ examples:
   detbench-report results/quick
   detbench-report results/quick --metric map_50 --cost latency_ms
   detbench-report results/paper --where meta_arch=ssd,rfcn --where image_size=300 --out /tmp/r
+  detbench-report results/extractors --extractors --baseline mobilenet_v2
 
 accuracy metrics (--metric):
 {metrics}
@@ -80,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a frontier search folder (+search=frontier): a grid run of the same space "
         "to compare with (hypervolume, jobs to reach 90 %% of it, frontier found)",
     )
+    parser.add_argument(
+        "--extractors",
+        action="store_true",
+        help="also print the extractor comparison: per setting (the same configuration with "
+        "another extractor), each extractor's accuracy change and latency, GMACs and memory "
+        "ratios against the reference, and whether a better classifier made a better "
+        "detector per meta-architecture (always written to extractors.csv and report.html)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="EXTRACTOR",
+        help="the reference extractor of the comparison (default: the one in most settings)",
+    )
     return parser
 
 
@@ -109,12 +124,33 @@ def main(argv: list[str] | None = None) -> int:
             costs=costs,
             where=args.where,
             grid=args.grid,
+            baseline=args.baseline,
         )
     except SelectionError as e:
         print(f"detbench-report: {e}", file=sys.stderr)
         return 2
+    if args.extractors:
+        print(extractor_text(summary.folder, args.metric))
     print(f"detbench-report: {summary.line()}")
     return 0
+
+
+def extractor_text(folder: Path, accuracy: str) -> str:
+    """The extractor comparison the report just wrote (``extractors.csv`` and the summary it
+    was made from), as terminal lines."""
+    import pandas as pd
+
+    from benchmark.report import extractors as ex
+
+    table = pd.read_csv(folder / "extractors.csv")
+    summary = pd.read_csv(folder / "summary.csv")
+    answers = ex.classifier_answers(summary, accuracy) if "extractor_group" in summary else []
+    lines = ["Feature extractors (configurations differing only in the extractor):"]
+    lines += ex.summary_lines(table, accuracy)
+    if answers:
+        lines.append("Does a better classifier make a better detector? (Huang et al. Figure 3)")
+        lines += [f"  {a.sentence(accuracy)}" for a in answers]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

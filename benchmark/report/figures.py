@@ -9,6 +9,8 @@ a notebook uses, and the notebook shows the very same objects inline.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -16,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from benchmark import schema
+from benchmark.report.labels import label_points
 from benchmark.report.pareto import critical_points, frontier, noise_verdicts
 from benchmark.report.protocol import Protocols
 from benchmark.report.repeats import summarize_repeats
@@ -202,21 +205,35 @@ def annotate_critical(ax, key_ax, front: pd.DataFrame, cost: str, accuracy: str)
         )
     key_ax.axis("off")
     for i, (name, text) in enumerate(lines):
-        y = 1.0 - i / 4
-        key_ax.text(
-            0.0,
-            y,
+        # Lines at fixed distances from the top (not fractions), so the key can grow below.
+        where = {"xy": (0.0, 1.0), "xycoords": "axes fraction", "textcoords": "offset points"}
+        key_ax.annotate(
             name if name.endswith(":") else f"{name}:",
+            xytext=(0, -KEY_LINE * i),
             fontsize=8.5,
             fontweight="bold",
             va="top",
-            transform=key_ax.transAxes,
+            **where,
         )
         # Out of the layout: a long line must not make constrained layout shrink the axes
         # to nothing (it only runs past the right edge).
-        key_ax.text(
-            0.17, y, text, fontsize=8.5, va="top", transform=key_ax.transAxes, in_layout=False
+        key_ax.annotate(
+            text,
+            xytext=(0.17 * _width_points(key_ax), -KEY_LINE * i),
+            fontsize=8.5,
+            va="top",
+            in_layout=False,
+            **where,
         )
+
+
+KEY_LINE = 13.0  # points between the lines of a figure's key
+
+
+def _width_points(ax) -> float:
+    """Width of ``ax`` in points (for offsets that follow its layout position)."""
+    fig = ax.figure
+    return ax.get_position().width * fig.get_figwidth() * 72
 
 
 def in_percent(rows: pd.DataFrame, accuracy: str) -> pd.DataFrame:
@@ -362,7 +379,49 @@ def pareto_figure(
         bar = Line2D([], [], color="0.3", marker="|", markersize=9, linewidth=1.0)
         extra.append((bar, "95 % interval"))
     model_legends(ax, rows, extra=extra)
+    _label_frontier(ax, key_ax, rows, front, cost, accuracy)
     return fig
+
+
+def _point_text(label: str) -> str:
+    """``SSD w/ ResNet-18, 300 px, 10 prop.`` -> ``SSD w/ ResNet-18`` over ``300 px, 10 prop.``
+    (two short lines fit between neighbouring points more often than one long one)."""
+    name, _, knobs = str(label).partition(", ")
+    return f"{name}\n{knobs}" if knobs else name
+
+
+def _label_frontier(ax, key_ax, rows, front, cost: str, accuracy: str) -> None:
+    """Name every frontier point that is not a critical point (those have their tag and a
+    line of the key): beside it when there is room, else a number explained under the key."""
+    names = critical_points(front, cost, accuracy)
+    others = front[names == ""]
+    if others.empty:
+        return
+    texts = [_point_text(label) for label in others["label"]]
+    numbered = label_points(ax, others, cost, accuracy, texts, obstacles=rows, avoid=list(ax.texts))
+    if numbered:
+        note = "; ".join(f"{n}: {text.replace(chr(10), ', ')}" for n, text in numbered)
+        wrapped = textwrap.wrap(f"Numbered frontier points: {note}", 140)
+        used = len(key_ax.texts) // 2  # the key's lines so far (a name and a text each)
+        # Grow the figure by the note's height and give it all to the key, so the plot
+        # keeps its size (and the labels placed on it their room).
+        fig = ax.figure
+        extra = len(wrapped) * 9.0 / 72
+        grid = key_ax.get_subplotspec().get_gridspec()
+        ratios = list(grid.get_height_ratios())
+        plot_height = ax.get_position().height * fig.get_figheight()
+        grid.set_height_ratios([ratios[0], ratios[1] + extra * ratios[0] / plot_height])
+        fig.set_figheight(fig.get_figheight() + extra)
+        key_ax.annotate(
+            "\n".join(wrapped),
+            xy=(0.0, 1.0),
+            xycoords="axes fraction",
+            xytext=(0, -KEY_LINE * used - 2),
+            textcoords="offset points",
+            fontsize=7,
+            va="top",
+            in_layout=False,
+        )
 
 
 # Per-model helpers shared by the bar charts of paper_figures.py and cost_figures.py.

@@ -1,9 +1,14 @@
-"""``report.html``: one self-contained page (figures embedded as base64 PNG, inline CSS).
+"""``report.html``: one self-contained page (figures embedded as base64 PNG, inline CSS, the
+interactive frontiers' plotly.js inline).
 
-It can be mailed or attached to a CI run and opened anywhere, offline: no scripts, no
-external files. Sections: status counts, the critical points, the figures, the frontiers,
-every configuration, failed and skipped jobs with their errors, the jobs' data warnings, the
-device and software, and the timing protocol the numbers follow.
+It can be mailed or attached to a CI run and opened anywhere, offline: no external file, no
+network request. Sections: status counts, the critical points, the interactive frontiers,
+the figures, the frontiers, the analyses (the extractor comparison...), every configuration,
+failed and skipped jobs with their errors, the jobs' data warnings, the device and software,
+and the timing protocol the numbers follow.
+
+A view of its own (an analysis with its table and figures) is a :class:`Section` built in its
+own module and passed to :func:`render_html` by the writer; ``place`` says where it goes.
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark import schema
@@ -39,7 +48,42 @@ CAPTIONS = {
     "fig11_map_iou.png": "Figure 11: mAP@.5 and mAP@.75 vs mAP@[.5:.95].",
     "search_hypervolume.png": "Frontier search: hypervolume of the frontier found after each job "
     "(x: failed or skipped job); with a grid run, its hypervolume and 90 % of it.",
+    "fig12_extractors.png": "Changing only the extractor: accuracy change vs latency ratio "
+    "against the reference extractor of the same setting, per meta-architecture.",
+    "fig13_gmacs_parts.png": "Where the multiply-adds go: extractor, neck and heads per model.",
 }
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the page with its own heading.
+
+    Attributes:
+        anchor: the ``id`` of its heading (``extractors``), for links.
+        title: the heading.
+        body: its HTML (built with :func:`table_html` / :func:`figures_html`).
+        place: ``frontiers`` (after the critical points: views of the frontiers themselves)
+            or ``analyses`` (after the frontier table: comparisons along one axis).
+        figures: the PNG names it embeds, which the general Figures section then leaves out.
+    """
+
+    anchor: str
+    title: str
+    body: str
+    place: str = "analyses"
+    figures: tuple[str, ...] = field(default=())
+
+    def render(self) -> str:
+        return f'<h2 id="{html.escape(self.anchor)}">{html.escape(self.title)}</h2>\n{self.body}'
+
+
+PLACES = ("frontiers", "analyses")
+# The page may load nothing: its scripts, styles and images are inline (data: URIs), and the
+# browser refuses any other request (plotly.js cannot reach a CDN or a font server either).
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:"
+)
 
 
 def __getattr__(name: str):
@@ -62,10 +106,37 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bo
 .ok{color:#1a7f37}.skipped{color:#9a6700}.failed{color:#cf222e}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#444;font-size:.92em;margin-top:.3em}
-table.tbl{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto}
-table.tbl th,table.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}
-table.tbl th{background:#f6f8fa}
+table.tbl{border-collapse:collapse;font-size:.8em;margin:.5em 0}
+table.tbl th,table.tbl td{border:1px solid #ddd;padding:3px 6px;text-align:left}
+table.tbl td{white-space:nowrap}table.tbl td.num{text-align:right}
+table.tbl td.wrap{white-space:normal;min-width:12em;max-width:26em}
+table.tbl td.path{white-space:normal;word-break:break-all;min-width:14em;font-size:.9em}
+table.tbl th{background:#f6f8fa;cursor:pointer;vertical-align:bottom}
+table.tbl th[data-dir=asc]::after{content:" \\25B2"}table.tbl th[data-dir=desc]::after{content:" \\25BC"}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em;white-space:pre-wrap}
+"""
+
+
+# Click a header to sort its table by it (numbers by their raw value, ``data-v``; empty
+# cells last), click again to reverse. A few lines rather than a library: nothing to fetch.
+_SORT_JS = """
+document.querySelectorAll("table.tbl").forEach(t => t.querySelectorAll("thead th").forEach(
+  (th, i) => th.addEventListener("click", () => {
+    const dir = th.dataset.dir === "asc" ? -1 : 1;
+    t.querySelectorAll("thead th").forEach(h => delete h.dataset.dir);
+    th.dataset.dir = dir > 0 ? "asc" : "desc";
+    const key = r => { const c = r.cells[i]; return c.dataset.v === undefined ?
+      c.textContent : (c.dataset.v === "" ? NaN : parseFloat(c.dataset.v)); };
+    const rows = [...t.tBodies[0].rows].sort((a, b) => {
+      const x = key(a), y = key(b);
+      if (typeof x === "number") {
+        if (isNaN(x) || isNaN(y)) return isNaN(x) - isNaN(y);
+        return dir * (x - y);
+      }
+      return dir * String(x).localeCompare(String(y), undefined, {numeric: true});
+    });
+    rows.forEach(r => t.tBodies[0].appendChild(r));
+  })));
 """
 
 
@@ -103,7 +174,12 @@ def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
             low, high = (full.at[index, c] for c in intervals[column])
             if pd.notna(low) and pd.notna(high):
                 text += f" [{_cell(column, low)}, {_cell(column, high)}]"
-        return f"<td>{text}</td>"
+        if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+            # The raw number sorts the column (what is shown is rounded or in percent).
+            raw = "" if pd.isna(value) else repr(float(value))
+            return f'<td class="num" data-v="{raw}">{text}</td>'
+        kind = "path" if column in ("job", "jobs", "job_dir") else "wrap" if len(text) > 40 else ""
+        return f'<td class="{kind}">{text}</td>' if kind else f"<td>{text}</td>"
 
     body = [
         "<tr>" + "".join(cell(index, c, v) for c, v in row.items()) + "</tr>"
@@ -115,15 +191,32 @@ def _table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     )
 
 
+def figures_html(figures: dict[str, Path]) -> str:
+    """The figures embedded as base64 PNG, each with its caption and links to its SVG and
+    PDF when they were written beside it."""
+    return _figures(figures)
+
+
+def table_html(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """A sortable table of ``df`` with the schema's headers and formats."""
+    return _table(df, columns)
+
+
 def _figures(figures: dict[str, Path]) -> str:
     parts = []
     for name, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         caption = html.escape(CAPTIONS.get(name, name))
+        # The vector copies beside the page (not embedded: a link fetches nothing until used).
+        vectors = " ".join(
+            f'<a href="{html.escape(Path(path).with_suffix(s).name)}">{s[1:].upper()}</a>'
+            for s in (".svg", ".pdf")
+            if Path(path).with_suffix(s).is_file()
+        )
         parts.append(
             f'<figure id="{html.escape(name)}"><img alt="{html.escape(name)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{caption} '
-            f"<code>{html.escape(name)}</code></figcaption></figure>"
+            f"<code>{html.escape(name)}</code> {vectors}</figcaption></figure>"
         )
     return (
         "\n".join(parts) or "<p><em>No figure: no job finished with accuracy and timing.</em></p>"
@@ -246,7 +339,7 @@ def render_html(
     accuracy: str = "map",
     selection: str = "",
     summary: pd.DataFrame | None = None,
-    sections: dict[str, str] | None = None,
+    sections: Sequence[Section] = (),
 ) -> str:
     """The report page as a string.
 
@@ -259,9 +352,14 @@ def render_html(
         accuracy: the accuracy column the frontiers maximize.
         selection: how the rows were chosen (``detbench-report --where``), shown when set.
         summary: the repeat summary of ``df`` (one row per configuration), if computed.
-        sections: heading -> HTML of extra sections placed after the figures (the frontier
-            search's progress, ``benchmark.report.search``).
+        sections: views of their own (:class:`Section`), in order within their place.
     """
+    for section in sections:
+        if section.place not in PLACES:
+            raise ValueError(f"section {section.anchor!r}: place {section.place!r} not in {PLACES}")
+    placed = {p: "\n".join(s.render() for s in sections if s.place == p) for p in PLACES}
+    embedded = {name for s in sections for name in s.figures}
+    general = {name: path for name, path in figures.items() if name not in embedded}
     costs = list(dict.fromkeys(frontier["cost_column"])) if "cost_column" in frontier else []
     front_columns = ["axis", "critical", "vs_cheaper", "label", "neck", "n", accuracy, *costs]
     front_columns.append("job")
@@ -286,11 +384,12 @@ Device: {device}.{selected}</p>
 frontier point.</p>
 {_table(critical, front_columns)}
 {_noise(frontier, accuracy)}
+{placed["frontiers"]}
 <h2>Figures</h2>
-{_figures(figures)}
-{"".join(f"<h2>{html.escape(h)}</h2>{body}" for h, body in (sections or {}).items())}
+{_figures(general)}
 <h2>Pareto frontiers</h2>
 {_table(frontier, front_columns)}
+{placed["analyses"]}
 {backend_section(df) if not df.empty else ""}
 <h2>All configurations</h2>
 {_table(df[df["status"] == "ok"] if not df.empty else df, schema.table_columns())}
@@ -310,6 +409,7 @@ intervals), <code>frontier.csv</code> (computed on the summary), the PNG figures
 """
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>detbench: {html.escape(title)}</title><style>{_CSS}</style></head>"
-        f"<body>{body}</body></html>\n"
+        f"<body>{body}<script>{_SORT_JS}</script></body></html>\n"
     )

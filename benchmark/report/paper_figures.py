@@ -36,23 +36,19 @@ def top1_figure(df: pd.DataFrame) -> Figure | None:
     if rows.empty or rows["extractor"].nunique() < 2:
         return None
     rows = rows[rows["image_size"] == rows["image_size"].min()]
+    rows = fg.in_percent(rows, "map")
     fig = Figure(figsize=(8.6, 5.0), layout="constrained")
     ax = fig.subplots()
     fg.scatter_models(ax, rows, "top1", "map", size=52)
+    ends = []
     for meta, group in rows.groupby("meta_arch"):
         if group["top1"].nunique() >= 2:  # the paper's point: the trend differs by family
             slope, intercept = np.polyfit(group["top1"], group["map"], 1)
             xs = np.linspace(group["top1"].min(), group["top1"].max(), 10)
             ax.plot(xs, slope * xs + intercept, color="0.4", lw=0.9, ls=":", zorder=2)
-            ax.annotate(
-                meta_arch_name(meta, rows),
-                (xs[-1], slope * xs[-1] + intercept),
-                fontsize=7.5,
-                xytext=(4, 0),
-                textcoords="offset points",
-                va="center",
-                color="0.3",
-            )
+            # slope in AP points per top-1 point (both in percent here)
+            text = f"{meta_arch_name(meta, rows)} ({slope:+.2f}/pt)"
+            ends.append((xs[-1], slope * xs[-1] + intercept, text))
     scratch = rows["pretrained"].eq(False).any() if "pretrained" in rows else False
     note = (
         "\n(published top-1 of the architecture; these detectors trained from scratch)"
@@ -60,12 +56,49 @@ def top1_figure(df: pd.DataFrame) -> Figure | None:
         else ""
     )
     ax.set_xlabel(label("top1") + note)
-    ax.set_ylabel(label("map"))
+    ax.set_ylabel(label("map") + " (%)")
     fg.axes_title(
-        ax, f"Detector vs feature-extractor accuracy ({int(rows['image_size'].min())} px)", rows
+        ax,
+        f"Detector vs extractor accuracy ({int(rows['image_size'].min())} px; dotted: fit, "
+        "AP points per top-1 point)",
+        rows,
     )
     fg.model_legends(ax, rows)
+    xs = rows["top1"]
+    ax.set_xlim(xs.min() - 0.5, xs.max() + 0.22 * (xs.max() - xs.min() or 1.0))  # labels' room
+    _end_labels(ax, ends)  # last: the layout (legend, limits) is final
     return fig
+
+
+def _end_labels(ax, ends: list[tuple[float, float, str]], gap_points: float = 10.0) -> None:
+    """Labels right of the fit lines' ends, pushed apart vertically so none overlaps (a line
+    ending near another's gets its label moved up or down, with a hairline to its end)."""
+    if not ends:
+        return
+    fig = ax.figure
+    fig.draw_without_rendering()
+    to_points = 72 / fig.dpi
+    ys = [ax.transData.transform((x, y))[1] * to_points for x, y, _ in ends]
+    order = np.argsort(ys)
+    placed = np.array(ys, dtype=float)[order]
+    for i in range(1, len(placed)):  # sweep up: each at least a gap above the one below
+        placed[i] = max(placed[i], placed[i - 1] + gap_points)
+    shift = (placed - np.array(ys)[order]).mean()  # centre the block on the ends again
+    placed -= max(shift, 0) / 2
+    for i in range(1, len(placed)):
+        placed[i] = max(placed[i], placed[i - 1] + gap_points)
+    for rank, index in enumerate(order):
+        x, y, text = ends[index]
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(12, placed[rank] - ys[index]),
+            textcoords="offset points",
+            fontsize=7.5,
+            va="center",
+            color="0.3",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6", "shrinkA": 0, "shrinkB": 0},
+        )
 
 
 @styled

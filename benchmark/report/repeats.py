@@ -23,13 +23,16 @@ Error bars and the frontier's "better than" use these intervals.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import json
 import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from benchmark import schema
 from benchmark.identity import identity_config
@@ -40,6 +43,7 @@ from benchmark.intervals import mean_interval
 INTERVAL_METRICS = tuple(k.name for k in schema.KEYS.values() if k.interval)
 _RECORD_IDENTITY = ("meta_arch", "extractor", "dataset", "image_size", "reference_model")
 _SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")
+_EXTRACTOR_ITEM = re.compile(r"(^|,)extractor=[^,]*")
 
 
 def repeat_group(record: dict[str, Any]) -> str:
@@ -60,6 +64,65 @@ def repeat_group(record: dict[str, Any]) -> str:
     elif record.get("job"):
         text = _SEED_ITEM.sub("", str(record["job"])).strip(",")
     else:  # nothing to identify it by: a configuration of its own
+        text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@functools.cache
+def recipe_cell_keys(recipe_set: str, meta_arch: str) -> frozenset[str]:
+    """Dotted config keys a ``recipe_set`` sets per extractor for ``meta_arch`` (any file of
+    ``sweeps/recipe_cell/<recipe_set>/<meta_arch>/``): they go with the extractor."""
+    try:
+        folder = importlib.resources.files("sweeps") / "recipe_cell" / recipe_set / meta_arch
+        files = [f for f in folder.iterdir() if f.name.endswith(".yaml")]
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, OSError):
+        return frozenset()
+    keys: set[str] = set()
+    for file in files:
+        keys.update(_flatten(yaml.safe_load(file.read_text()) or {}))
+    return frozenset(keys)
+
+
+def extractor_group(record: dict[str, Any]) -> str:
+    """A short id shared by configurations that differ only in the feature extractor.
+
+    The job's identity (:func:`benchmark.identity.identity_config`) without the ``extractor``
+    node and the seed, plus the extractor settings that are not the extractor itself
+    (ImageNet weights or not, ``frozen_bn``, atrous mode); keys a ``recipe_set`` sets per
+    extractor (:func:`recipe_cell_keys`) are left out. A result without a config falls back
+    to its job folder without the ``extractor=`` and ``seed=`` overrides.
+    """
+    config = record.get("config")
+    if isinstance(config, dict) and config:
+        identity = identity_config(config)
+        for key in ("seed", "extractor"):
+            identity.pop(key, None)
+        flat = _flatten(identity)
+        recipe = config.get("recipe_set")
+        meta = record.get("meta_arch")
+        if isinstance(recipe, str) and recipe != "none" and isinstance(meta, str):
+            cell = recipe_cell_keys(recipe, meta)
+            flat = {k: v for k, v in flat.items() if k not in cell}
+        ext = config.get("extractor") if isinstance(config.get("extractor"), dict) else {}
+        flat["_extractor"] = {
+            "imagenet": bool(ext.get("pretrained")) or bool(ext.get("weights_path")),
+            "frozen_bn": ext.get("frozen_bn"),
+            "atrous": record.get("output_stride", ext.get("output_stride")) == 8,
+        }
+        flat["_result"] = {k: record.get(k) for k in _RECORD_IDENTITY if k != "extractor"}
+        text = json.dumps(flat, sort_keys=True, default=str)
+    elif record.get("job"):
+        text = _EXTRACTOR_ITEM.sub("", _SEED_ITEM.sub("", str(record["job"]))).strip(",")
+    else:
         text = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

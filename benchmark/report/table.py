@@ -24,7 +24,7 @@ import pandas as pd
 from benchmark import schema
 from benchmark.report.backends import backend_group
 from benchmark.report.imagenet import imagenet_top1
-from benchmark.report.repeats import repeat_group
+from benchmark.report.repeats import extractor_group, repeat_group
 from benchmark.report.style import extractor_name
 from benchmark.results import RESULT_FILE
 
@@ -120,6 +120,7 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
         row["parity_boxes_px"] = diff.get("boxes")
     row["backend_group"] = backend_group(record)  # the configuration across backends
     row["repeat_group"] = repeat_group(record)  # rows sharing it are seed repeats
+    row["extractor_group"] = extractor_group(record)  # rows sharing it differ in the extractor
     return row
 
 

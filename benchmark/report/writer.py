@@ -16,10 +16,12 @@ from matplotlib.figure import Figure
 
 from benchmark import schema
 from benchmark.report import cost_figures as cf
+from benchmark.report import extractors as ex
 from benchmark.report import paper_figures as pf
 from benchmark.report.backends import backend_table
 from benchmark.report.figures import pareto_figure
-from benchmark.report.html import render_html
+from benchmark.report.html import Section, figures_html, render_html
+from benchmark.report.interactive import interactive_section
 from benchmark.report.pareto import frontier_table
 from benchmark.report.repeats import summarize_repeats
 from benchmark.report.select import SelectionError, check_choices, select_rows
@@ -53,6 +55,8 @@ def figure_functions(accuracy: str = "map", costs: list[str] | None = None) -> d
             for cost, name in axis_names(costs).items()
         },
         **PAPER_FIGURES,
+        "fig12_extractors.png": lambda df: ex.extractor_change_figure(df, accuracy),
+        "fig13_gmacs_parts.png": ex.gmacs_parts_figure,
     }
 
 
@@ -101,8 +105,9 @@ def _write_text(path: Path, text: str) -> None:
 def save_figures(
     df: pd.DataFrame, out_dir: str | Path, figures: dict[str, FigureFn] | None = None
 ) -> dict[str, Path]:
-    """Write every applicable figure of ``figures`` (default :data:`FIGURES`) as PNG into
-    ``out_dir``; returns name -> path.
+    """Write every applicable figure of ``figures`` (default :data:`FIGURES`) into ``out_dir``
+    as PNG (for the page) and as SVG and PDF (vector, for papers: ``<stem>.svg``,
+    ``<stem>.pdf``); returns PNG name -> path.
 
     Figures of an earlier report that no longer apply are removed (also frontiers of cost
     axes not drawn this time), so a folder never shows a stale plot next to a new table.
@@ -110,34 +115,44 @@ def save_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = FIGURES if figures is None else figures
-    for stale in out_dir.glob("pareto_*.png"):
-        if stale.name not in figures:
-            stale.unlink(missing_ok=True)
+    stems = {Path(name).stem for name in figures}
+    for suffix in VECTOR_FORMATS + (".png",):
+        for stale in out_dir.glob(f"pareto_*{suffix}"):
+            if stale.stem not in stems:
+                stale.unlink(missing_ok=True)
     written = {}
     for name, make in figures.items():
         path = out_dir / name
         fig = make(df)
         if fig is None:
-            path.unlink(missing_ok=True)
+            for old in (path, *(path.with_suffix(s) for s in VECTOR_FORMATS)):
+                old.unlink(missing_ok=True)
             continue
         fig.savefig(path, dpi=RC["savefig.dpi"], facecolor="white")
+        for suffix in VECTOR_FORMATS:
+            # No creation date in the vector files: the same sweep gives the same bytes.
+            fig.savefig(path.with_suffix(suffix), facecolor="white", metadata=_NO_DATE[suffix])
         written[name] = path
     return written
 
 
 def _search_sections(
     sweep_dir: Path, df: pd.DataFrame, out_dir: Path, grid: str | Path | None, files: dict
-) -> dict[str, str]:
+) -> list[Section]:
     """The frontier search's section (none for a folder that is not a search's)."""
     from benchmark.report import search
-    from benchmark.report.html import _figures
 
     progress, written = search.write_search_report(sweep_dir, df, out_dir, grid)
     if progress is None:
-        return {}
+        return []
     files.update(written)
     figure = {search.FIGURE: written[search.FIGURE]} if search.FIGURE in written else {}
-    return {"Frontier search": search.search_html(progress, _figures(figure) if figure else None)}
+    body = search.search_html(progress, figures_html(figure) if figure else None)
+    return [Section("search", "Frontier search", body, figures=tuple(figure))]
+
+
+VECTOR_FORMATS = (".svg", ".pdf")
+_NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}
 
 
 def write_report(
@@ -148,6 +163,7 @@ def write_report(
     costs: list[str] | None = None,
     where: list[str] | None = None,
     grid: str | Path | None = None,
+    baseline: str | None = None,
 ) -> ReportSummary:
     """Aggregate ``sweep_dir`` and write the report files into ``out_dir`` (default: it).
 
@@ -159,14 +175,16 @@ def write_report(
         where: row filters ``column=value[,value...]`` (:func:`select_rows`).
         grid: a folder with a grid run of the same space, compared with a frontier search's
             progress (default: the one the search names; ``benchmark.report.search``).
+        baseline: the reference extractor of the extractor comparison (default: the one in
+            most settings, :func:`benchmark.report.extractors.choose_baseline`).
 
     Returns:
         The counts by status and the written files (``results.csv``, ``summary.csv``,
         ``frontier.csv``, the PNGs and ``report.html``).
 
     Raises:
-        SelectionError: an unknown metric, cost or column, or a malformed filter; nothing
-            is written then.
+        SelectionError: an unknown metric, cost, column or baseline extractor, or a
+            malformed filter; nothing is written then.
     """
     check_choices(accuracy, costs)
     sweep_dir = Path(sweep_dir)
@@ -176,7 +194,16 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize_repeats(df)  # one row per configuration: seed repeats aggregated
     front = frontier_table(summary, accuracy, axis_names(costs))
-    tables = {"results.csv": df, "summary.csv": summary, "frontier.csv": front}
+    try:
+        pairs = ex.comparison_table(summary, accuracy, baseline)
+    except ex.UnknownBaselineError as e:
+        raise SelectionError(str(e)) from None
+    tables = {
+        "results.csv": df,
+        "summary.csv": summary,
+        "frontier.csv": front,
+        "extractors.csv": pairs.drop(columns=["extractor_group"]),
+    }
     if not (backends := backend_table(df)).empty:  # a configuration timed in several backends
         tables["backends.csv"] = backends
     files = {name: out_dir / name for name in tables}
@@ -186,7 +213,22 @@ def write_report(
         )
     figures = save_figures(df, out_dir, figure_functions(accuracy, costs))
     files.update(figures)
-    sections = _search_sections(sweep_dir, df, out_dir, grid, files)
+    for name, path in figures.items():
+        files.update({f"{Path(name).stem}{s}": path.with_suffix(s) for s in VECTOR_FORMATS})
+    scratch = "pretrained" in df and bool(
+        df.loc[df["status"] == "ok", "pretrained"].eq(False).any()
+    )
+    sections = [
+        interactive_section(summary, axis_names(costs), accuracy),
+        ex.extractor_section(
+            pairs,
+            ex.classifier_answers(summary, accuracy),
+            figures,
+            accuracy=accuracy,
+            scratch=scratch,
+        ),
+    ]
+    sections += _search_sections(sweep_dir, df, out_dir, grid, files)
     page = render_html(
         df,
         front,

@@ -60,6 +60,7 @@ GROUPS = {
     "environment": "Environment (on every result, even failed ones)",
     "config": "Configuration values (results.csv)",
     "frontier": "frontier.csv",
+    "extractors": "extractors.csv (the extractor comparison)",
 }
 
 

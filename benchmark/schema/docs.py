@@ -35,6 +35,7 @@ def tables() -> dict[str, str]:
     out["results.csv"] = table(keys(where="table"))
     out["summary.csv"] = table(keys(where="summary"))
     out["frontier.csv"] = table(keys(where="frontier"))
+    out["extractors.csv"] = table(keys(where="extractors"))
     return {name: text for name, text in out.items() if text.count("\n") > 2}
 
 

@@ -60,6 +60,8 @@ def format_with(fmt: str, value: Any, missing: str = MISSING) -> str:
         return f"{value:.1f}"
     if fmt == "fixed3":
         return f"{value:.3f}"
+    if fmt == "ratio":
+        return f"{value:.2f}x"
     raise ValueError(f"unknown format {fmt!r}")
 
 

@@ -11,10 +11,11 @@ KINDS = ("number", "integer", "bool", "text", "list", "object")
 #   count     integers grouped: 1917, 35.2k, 5.12M
 #   int       a plain integer
 #   fixed1 / fixed3   one / three decimals
+#   ratio     a factor with two decimals: 1.83x
 #   bool      yes / no
 #   text      the value as it is
-FORMATS = ("percent", "sig3", "count", "int", "fixed1", "fixed3", "bool", "text")
-WHERE = ("result", "table", "summary", "frontier")
+FORMATS = ("percent", "sig3", "count", "int", "fixed1", "fixed3", "ratio", "bool", "text")
+WHERE = ("result", "table", "summary", "frontier", "extractors")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Key:
             disabled or raises (``benchmark.measure``, ``benchmark.evaluate``).
         where: ``result`` (``result.json``, and the ``results.csv`` column), ``table`` (a
             column ``results.csv`` derives), ``summary`` (a column of ``summary.csv``, the
-            seed repeats aggregated) or ``frontier`` (``frontier.csv`` only).
+            seed repeats aggregated), ``frontier`` (``frontier.csv`` only) or ``extractors``
+            (``extractors.csv``, the extractor comparison).
         lookup: dotted path in the result (``config.train.max_iters``,
             ``data_stats.val.images``) the table reads the column from when the result
             itself lacks the key (a config value, or a result written before it existed).
@@ -104,7 +106,8 @@ class Key:
         """The unit of the shown value: ``%`` for a fraction shown in percent."""
         if self.format == "percent":
             return "%"
-        return "" if self.unit in ("count", "bool", "0-1", "iterations", "calls") else self.unit
+        hidden = ("count", "bool", "0-1", "iterations", "calls", "ratio")
+        return "" if self.unit in hidden else self.unit
 
     @property
     def header(self) -> str:

@@ -173,13 +173,20 @@ _add("gmacs", "flops", "10^9 multiply-adds per image, `predict` only, counted wi
 _add("gmacs_conv", "flops", "the convolutions' share of `gmacs` (`aten.convolution`): what "
      "torchvision's published `_ops` count for its MobileNet Faster R-CNNs", unit="GMACs", short="conv GMACs", cost=True,
      probe="flops")
-_add("gmacs_extractor", "flops", "the feature extractor's share of `gmacs` (in two-stage "
-     "detectors the trunk; the last stage run on crops counts as head)", unit="GMACs",
+_add("gmacs_extractor", "flops", "the part of `gmacs` run inside the feature extractor's "
+     "modules (the model's `cost_parts()`, forward hooks on the counter's running total). For "
+     "two-stage detectors the trunk up to the cropped map: the last stage, run on each crop, "
+     "counts as head; for `torchvision` the backbone's `body` (SSD: `features`)",
+     unit="GMACs", label="Feature-extractor multiply-adds per image (GMACs)",
      short="extractor GMACs", cost=True, probe="flops")
-_add("gmacs_neck", "flops", "the share of the neck (extra layers, top-down context module)",
-     unit="GMACs", short="neck GMACs", probe="flops")
-_add("gmacs_head", "flops", "the share of the heads (prediction heads; RPN and box "
-     "classifier for two-stage)", unit="GMACs", short="head GMACs", probe="flops")
+_add("gmacs_neck", "flops", "the part of `gmacs` run inside the neck: the bottom-up extra "
+     "layers and the top-down context module (DSSD deconvolution, TCB, RefineNet) of "
+     "single-shot detectors; torchvision's FPN or SSD extra layers; 0 for detectors without "
+     "one (our Faster R-CNN and R-FCN)", unit="GMACs", short="neck GMACs", probe="flops")
+_add("gmacs_head", "flops", "the rest of `gmacs` (`gmacs - gmacs_extractor - gmacs_neck`): "
+     "the prediction heads (SSD/DSSD heads, RefineDet's ARM and ODM); for two-stage detectors "
+     "the RPN, RoIAlign and the box classifier with the extractor's last stage, on "
+     "`flops_num_proposals` crops", unit="GMACs", short="head GMACs", probe="flops")
 _add("gmacs_by_op", "flops", "`gmacs` split by operator", unit="GMACs", kind="object",
      probe="flops")
 _add("flops_uncounted_ops", "flops", "contraction-like operators without a formula "
@@ -438,6 +445,13 @@ _add("top1", "config", "ImageNet top-1 of the extractor's architecture (torchvis
      "from-scratch run", unit="%", fmt="fixed1", where="table",
      label="Extractor ImageNet top-1 accuracy (%)", short="top-1")
 _add("top1_source", "config", "where `top1` comes from", kind="text", where="table")
+_add("extractor_group", "identity", "id of the configuration without its extractor: rows "
+     "sharing it differ only in the feature extractor (the report's extractor comparison). "
+     "The resolved config without `extractor`, the seed and the keys that cannot change a "
+     "number, plus whether the extractor started from ImageNet weights, its `frozen_bn` and "
+     "atrous mode (`output_stride` 8); keys a `recipe_set` sets per extractor "
+     "(`sweeps/recipe_cell/<set>/<meta_arch>/*.yaml`) are left out, as they go with the "
+     "extractor", kind="text", where="table")
 _add("repeat_group", "identity", "id of the configuration without its seed: rows sharing it "
      "are seed repeats (`summary.csv`)", kind="text", where="table")
 
@@ -468,4 +482,29 @@ _add("critical", "frontier", "Huang et al.'s Table 3 critical points: `fastest` 
      "axis; `cheapest` on the others), `sweet spot` (the elbow: the frontier point farthest "
      "above the line from the cheapest to the most accurate, with cost on a log scale), "
      "`most accurate`; empty for the other frontier points", kind="text", where="frontier")
+
+# -- extractors.csv: configurations differing only in the extractor (report/extractors.py) ---
+_add("setting", "extractors", "the configuration without its extractor (`SSD, 300 px`); "
+     "rows of one setting share `extractor_group`", kind="text", where="extractors",
+     short="setting")
+_add("reference", "extractors", "the extractor a row is compared with: `detbench-report "
+     "--baseline`, else the one present in most settings (ties: fewest GMACs); a setting "
+     "without it is compared with its own extractor of fewest GMACs", kind="text",
+     where="extractors", short="vs")
+_add("accuracy_change", "extractors", "the report's accuracy metric (`--metric`, `map` by "
+     "default) minus the reference's, in points", unit="0-1", fmt="percent",
+     where="extractors", short="Δ accuracy")
+_add("latency_ratio", "extractors", "`latency_ms` / the reference's", unit="ratio",
+     fmt="ratio", where="extractors", short="latency ×")
+_add("gmacs_ratio", "extractors", "`gmacs` / the reference's", unit="ratio", fmt="ratio",
+     where="extractors", short="GMACs ×")
+_add("memory_ratio", "extractors", "`peak_mem_mb` / the reference's", unit="ratio",
+     fmt="ratio", where="extractors", short="memory ×")
+_add("extractor_share", "extractors", "`gmacs_extractor / gmacs`: the extractor's share of "
+     "the multiply-adds", unit="0-1", fmt="percent", where="extractors",
+     short="extractor share")
+_add("neck_share", "extractors", "`gmacs_neck / gmacs`", unit="0-1", fmt="percent",
+     where="extractors", short="neck share")
+_add("head_share", "extractors", "`gmacs_head / gmacs`", unit="0-1", fmt="percent",
+     where="extractors", short="head share")
 # fmt: on

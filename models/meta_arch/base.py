@@ -146,6 +146,20 @@ class DetectionModel(nn.Module):
         """The context module this instance runs; None for detectors without one."""
         return None
 
+    def cost_parts(self) -> dict[str, list[nn.Module]]:
+        """The submodules whose work is the feature extractor's and the neck's.
+
+        ``benchmark.measure.flops`` attributes the multiply-adds of ``predict`` by these
+        (``gmacs_extractor``, ``gmacs_neck``); everything else ``predict`` runs is head work.
+        Each module must be called as a module (its forward hooks run) inside ``predict``.
+
+        Returns:
+            ``{"extractor": [...], "neck": [...]}``; here the extractor and no neck (a
+            two-stage detector's extractor is its trunk: the last stage, run on the crops,
+            belongs to the box classifier).
+        """
+        return {"extractor": [self.extractor], "neck": []}
+
     @classmethod
     def config_info(cls, config: Mapping[str, Any]) -> ModelInfo:
         """The metadata from constructor arguments alone (a resolved ``meta_arch`` config),

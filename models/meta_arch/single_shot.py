@@ -180,6 +180,12 @@ class SSD(DetectionModel):
             return getattr(self.top_down, "neck_name", type(self.top_down).__name__)
         return "ssd_extra" if len(getattr(self.neck, "extras", ())) else "none"
 
+    def cost_parts(self) -> dict[str, list[nn.Module]]:
+        """The neck is the bottom-up extra layers plus the top-down module, when there is one
+        (the prediction heads, and RefineDet's ARM, are head work)."""
+        neck = [self.neck] + ([self.top_down] if self.top_down is not None else [])
+        return {"extractor": [self.extractor], "neck": neck}
+
     @classmethod
     def config_info(cls, config: Mapping[str, Any]) -> ModelInfo:
         """As :meth:`neck_name` would say, from the config's ``top_down`` and ``neck``."""

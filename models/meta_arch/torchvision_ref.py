@@ -165,6 +165,21 @@ class TorchvisionDetector(DetectionModel):
         info = builder_info(self.reference_name, type(self.model))
         return dataclasses.replace(info, num_proposals=self.num_proposals)
 
+    def cost_parts(self) -> dict[str, list[nn.Module]]:
+        """torchvision's backbone split as its classes build it: ``body`` (the classifier
+        trunk) and ``fpn`` of a ``BackboneWithFPN``; ``features`` and ``extra`` (the extra
+        layers) of the SSD / SSDlite feature extractors; a backbone of another kind counts
+        whole as the extractor."""
+        backbone = self.model.backbone
+        for trunk, neck in (("body", "fpn"), ("features", "extra")):
+            if isinstance(getattr(backbone, trunk, None), nn.Module):
+                extra = getattr(backbone, neck, None)
+                return {
+                    "extractor": [getattr(backbone, trunk)],
+                    "neck": [extra] if isinstance(extra, nn.Module) else [],
+                }
+        return {"extractor": [backbone], "neck": []}
+
     @classmethod
     def config_info(cls, config: Mapping[str, Any]) -> ModelInfo:
         """From the builder ``name`` of the config (see :func:`builder_info`)."""
