@@ -10,6 +10,7 @@ the figure marks its points with it, and the report lists the letters.
 from __future__ import annotations
 
 import string
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,8 @@ import pandas as pd
 # Protocol fields in display order. Image size is not one: sweeps vary it on purpose and
 # every label shows it.
 FIELDS = ("data", "training", "precision", "device", "threads")
+
+SUBTITLE_WIDTH = 95  # characters per subtitle line: 8.5 pt text clear of the legend
 
 
 def _int(value) -> int | None:
@@ -136,7 +139,8 @@ class Protocols:
         if self.mixed:
             mix = "; ".join(f"{k}: {v}" for k, v in self.legend.items())
             lines.append(f"MIXED PROTOCOLS ({', '.join(self.differing)}): {mix}")
-        return "\n".join(line for line in lines if line)
+        # Wrapped: a figure's title is not clipped, and a long list of budgets would be.
+        return "\n".join(textwrap.fill(line, SUBTITLE_WIDTH) for line in lines if line)
 
 
 def _values(rows: pd.DataFrame, column: str) -> list:
